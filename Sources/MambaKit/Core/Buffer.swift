@@ -1,0 +1,34 @@
+/// An owned, zero-initialised, 64-byte aligned block of `Float`s.
+///
+/// The numerical core works on raw pointers (llm.c style) so that kernels see plain memory; `FloatBuffer` only owns
+/// it. Not copy-on-write: a buffer is a workspace, shared by reference.
+public final class FloatBuffer {
+    public let count: Int
+    public let ptr: UnsafeMutablePointer<Float>
+
+    public init(count: Int) {
+        precondition(count >= 0, "negative buffer size")
+        self.count = count
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        ptr = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        ptr.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    public convenience init(_ values: [Float]) {
+        self.init(count: values.count)
+        values.withUnsafeBufferPointer { src in
+            if let base = src.baseAddress { ptr.update(from: base, count: values.count) }
+        }
+    }
+
+    deinit { UnsafeMutableRawPointer(ptr).deallocate() }
+
+    public func zero() { ptr.update(repeating: 0, count: count) }
+
+    public var array: [Float] { Array(UnsafeBufferPointer(start: ptr, count: count)) }
+
+    public subscript(i: Int) -> Float {
+        get { ptr[i] }
+        set { ptr[i] = newValue }
+    }
+}

@@ -1,0 +1,52 @@
+import COpenBLAS
+import Dispatch
+
+/// The one thread setting of MambaKit: our own parallel loops and OpenBLAS share it, and BLAS is only ever called
+/// from outside our parallel regions, so the two never oversubscribe the cores.
+///
+/// Work is split statically (worker `w` of `T` always takes the same index range), so results depend on the thread
+/// count but never on scheduling: the same seed, data and thread count give the same bits.
+public enum Parallel {
+    nonisolated(unsafe) private static var _threads: Int = defaultThreads
+
+    public static var defaultThreads: Int {
+        #if canImport(Glibc)
+        let n = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        #else
+        let n = 1
+        #endif
+        return max(1, n)
+    }
+
+    /// The number of threads used by `forEach` and by OpenBLAS.
+    public static var threads: Int { _threads }
+
+    /// Sets the thread count for MambaKit's loops and OpenBLAS (call once, before work starts).
+    public static func setThreads(_ n: Int) {
+        _threads = max(1, n)
+        openblas_set_num_threads(Int32(_threads))
+    }
+
+    /// Runs `body(lo, hi)` over a static partition of `0..<count` into at most `threads` contiguous ranges.
+    /// `body` must only write memory that belongs to its range (or to its worker index).
+    @inline(__always)
+    public static func forRanges(_ count: Int, _ body: (_ worker: Int, _ lo: Int, _ hi: Int) -> Void) {
+        let t = min(_threads, count)
+        if t <= 1 {
+            if count > 0 { body(0, 0, count) }
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: t) { w in
+            let lo = count * w / t
+            let hi = count * (w + 1) / t
+            body(w, lo, hi)
+        }
+    }
+
+    /// The number of workers `forRanges(count)` will use.
+    public static func workers(for count: Int) -> Int { max(1, min(_threads, count)) }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

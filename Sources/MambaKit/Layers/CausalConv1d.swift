@@ -1,0 +1,128 @@
+/// Causal depthwise conv1d over time (HF `MambaMixer.conv1d`: `nn.Conv1d(ED, ED, K, groups=ED, padding=K−1)`
+/// truncated to the first L outputs), weight `[ED, 1, K]`, optional bias `[ED]`:
+/// `out[t, d] = bias[d] + Σ_k w[d, k] · x[t − (K−1) + k, d]`, with x before the sequence taken from `context`
+/// (the previous K−1 inputs, for chunked evaluation and prefill) or zero (left zero padding).
+///
+/// Layout is time-major: x rows have stride `ldx` (in_proj's output is `[x | z]`, so x is read in place), out is
+/// `(B, L, ED)`. Saves nothing: backward reads x again. `step` is forward with L = 1 and a context ring.
+public enum CausalConv1d {
+    /// out `(B, L, ED)`; x `(B, L, ldx)`; context `(B, K−1, ED)` or nil for zeros.
+    public static func forward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
+                               weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                               context: UnsafePointer<Float>?,
+                               B: Int, L: Int, ED: Int, K: Int) {
+        Parallel.forRanges(B * L) { _, lo, hi in
+            for row in lo..<hi {
+                let b = row / L, t = row % L
+                let o = out + row * ED
+                if let bias { o.update(from: bias, count: ED) } else { o.update(repeating: 0, count: ED) }
+                for k in 0..<K {
+                    let src = t - (K - 1) + k
+                    let xr: UnsafePointer<Float>
+                    if src >= 0 {
+                        xr = x + (b * L + src) * ldx
+                    } else if let context {
+                        xr = context + (b * (K - 1) + (K - 1 + src)) * ED
+                    } else {
+                        continue
+                    }
+                    for d in 0..<ED { o[d] += weight[d * K + k] * xr[d] }
+                }
+            }
+        }
+    }
+
+    /// dx += ∂L/∂x (rows of stride `lddx`), dweight += ∂L/∂w, dbias += ∂L/∂b. Gradients into the context are not
+    /// needed (training always starts from zeros).
+    public static func backward(dx: UnsafeMutablePointer<Float>, lddx: Int,
+                                dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?,
+                                dout: UnsafePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
+                                weight: UnsafePointer<Float>, B: Int, L: Int, ED: Int, K: Int) {
+        // dx: each input row gathers from the K output rows it feeds; rows are independent → parallel.
+        Parallel.forRanges(B * L) { _, lo, hi in
+            for row in lo..<hi {
+                let b = row / L, t = row % L
+                let g = dx + row * lddx
+                for k in 0..<K {
+                    let dst = t + (K - 1) - k
+                    if dst >= L { continue }
+                    let go = dout + (b * L + dst) * ED
+                    for d in 0..<ED { g[d] += weight[d * K + k] * go[d] }
+                }
+            }
+        }
+        // dweight, dbias: channels are independent → parallel over channel ranges, time summed in order.
+        Parallel.forRanges(ED) { _, lo, hi in
+            let n = hi - lo
+            if n == 0 { return }
+            var accW = [Double](repeating: 0, count: n * K)
+            var accB = [Double](repeating: 0, count: n)
+            for b in 0..<B {
+                for t in 0..<L {
+                    let go = dout + (b * L + t) * ED
+                    for k in 0..<K {
+                        let src = t - (K - 1) + k
+                        if src < 0 { continue }
+                        let xr = x + (b * L + src) * ldx
+                        for d in lo..<hi { accW[(d - lo) * K + k] += Double(go[d] * xr[d]) }
+                    }
+                    for d in lo..<hi { accB[d - lo] += Double(go[d]) }
+                }
+            }
+            for d in lo..<hi {
+                for k in 0..<K { dweight[d * K + k] += Float(accW[(d - lo) * K + k]) }
+                if let dbias { dbias[d] += Float(accB[d - lo]) }
+            }
+        }
+    }
+
+    /// The plain version: one output at a time, straight from the definition.
+    public static func forwardReference(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
+                                        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                        context: UnsafePointer<Float>?,
+                                        B: Int, L: Int, ED: Int, K: Int) {
+        for b in 0..<B {
+            for t in 0..<L {
+                for d in 0..<ED {
+                    var s = Double(bias?[d] ?? 0)
+                    for k in 0..<K {
+                        let src = t - (K - 1) + k
+                        let v: Float
+                        if src >= 0 { v = x[(b * L + src) * ldx + d] }
+                        else if let context { v = context[(b * (K - 1) + (K - 1 + src)) * ED + d] }
+                        else { v = 0 }
+                        s += Double(weight[d * K + k]) * Double(v)
+                    }
+                    out[(b * L + t) * ED + d] = Float(s)
+                }
+            }
+        }
+    }
+
+    /// The last K−1 inputs of each sequence, `(B, K−1, ED)`, continuing `context` when L < K−1: the context for
+    /// the next chunk (or the conv state for recurrent steps).
+    public static func nextContext(into next: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
+                                   context: UnsafePointer<Float>?, B: Int, L: Int, ED: Int, K: Int) {
+        let C = K - 1
+        if C == 0 { return }
+        var tmp = [Float](repeating: 0, count: C * ED)
+        for b in 0..<B {
+            for j in 0..<C {
+                // position j of the new context is time L − C + j (negative: from the old context).
+                let src = L - C + j
+                tmp.withUnsafeMutableBufferPointer { tb in
+                    let dst = tb.baseAddress! + j * ED
+                    if src >= 0 {
+                        let xr = x + (b * L + src) * ldx
+                        dst.update(from: xr, count: ED)
+                    } else if let context {
+                        dst.update(from: context + (b * C + (C + src)) * ED, count: ED)
+                    } else {
+                        dst.update(repeating: 0, count: ED)
+                    }
+                }
+            }
+            tmp.withUnsafeBufferPointer { (next + b * C * ED).update(from: $0.baseAddress!, count: C * ED) }
+        }
+    }
+}

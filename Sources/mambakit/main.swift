@@ -1,0 +1,2 @@
+import MambaKit
+print("mambakit")

@@ -1,0 +1,69 @@
+import Foundation
+import MambaKit
+import Testing
+
+/// Shared helpers of the test suite: fixture paths, tensor comparison with a label, the worst element and its index.
+enum Fixtures {
+    static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").path
+    static func path(_ name: String) -> String { dir + "/" + name }
+
+    static func json(_ name: String) throws -> [String: Any] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path(name)))
+        return try JSONSerialization.jsonObject(with: data) as! [String: Any]
+    }
+}
+
+struct Mismatch: CustomStringConvertible {
+    let label: String
+    let index: Int
+    let got: Float
+    let want: Float
+    let maxAbs: Float
+    var description: String { "\(label): max |diff| \(maxAbs) at index \(index) (got \(got), want \(want))" }
+}
+
+/// Compares element-wise with |got − want| ≤ atol + rtol·|want|; returns the worst violation (nil when all pass).
+func compare(_ label: String, _ got: [Float], _ want: [Float], atol: Float, rtol: Float = 0) -> Mismatch? {
+    precondition(got.count == want.count, "\(label): \(got.count) values vs \(want.count)")
+    var worst: Mismatch? = nil
+    var worstExcess: Float = 0
+    var maxAbs: Float = 0
+    for i in 0..<got.count {
+        let d = abs(got[i] - want[i])
+        maxAbs = max(maxAbs, d.isNaN ? .infinity : d)
+        let excess = d - (atol + rtol * abs(want[i]))
+        if excess > worstExcess || d.isNaN {
+            worstExcess = d.isNaN ? .infinity : excess
+            worst = Mismatch(label: label, index: i, got: got[i], want: want[i], maxAbs: 0)
+        }
+    }
+    if let w = worst { return Mismatch(label: w.label, index: w.index, got: w.got, want: w.want, maxAbs: maxAbs) }
+    return nil
+}
+
+func expectClose(_ label: String, _ got: [Float], _ want: [Float], atol: Float, rtol: Float = 0,
+                 sourceLocation: SourceLocation = #_sourceLocation) {
+    let m = compare(label, got, want, atol: atol, rtol: rtol)
+    #expect(m == nil, "\(m?.description ?? "")", sourceLocation: sourceLocation)
+}
+
+func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
+    zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}
+
+/// A temporary directory removed when the value is dropped.
+final class TempDir {
+    let path: String
+    init() {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("mambakit-test-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+    func file(_ name: String) -> String { path + "/" + name }
+}
+
+/// Deterministic pseudo-random floats for layer tests.
+func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+    var rng = RNG(seed: seed)
+    return (0..<n).map { _ in Float(rng.normal()) * scale }
+}
