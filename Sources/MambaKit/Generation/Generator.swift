@@ -1,0 +1,58 @@
+/// Autoregressive generation with the recurrent state: the prompt is prefilled with the parallel forward (which
+/// hands its final conv and SSM states over), then each new token costs one recurrent step — O(1) memory and time
+/// per token, whatever the length generated.
+public final class Generator {
+    public let model: MambaModel
+    public let batch: Int
+    public let state: RecurrentState
+    let stepWS: Workspace
+
+    public init(model: MambaModel, batch: Int = 1) {
+        self.model = model
+        self.batch = batch
+        state = RecurrentState(config: model.config, batch: batch)
+        stepWS = Workspace(config: model.config, B: batch, L: 1, training: false)
+    }
+
+    /// Runs the prompts (`batch` rows of equal length) from zero state; returns the logits `(batch, V)` of the
+    /// last position.
+    public func prefill(_ prompts: [[Int32]]) throws -> [Float] {
+        precondition(prompts.count == batch)
+        let L = prompts[0].count
+        guard L > 0 else { throw MambaKitError(.usage, "the prompt is empty; give at least one token") }
+        guard prompts.allSatisfy({ $0.count == L }) else { throw MambaKitError(.shape, "prompts of a batch must have equal length") }
+        let V = model.config.vocabSize
+        for p in prompts { for id in p where id < 0 || Int(id) >= V {
+            throw MambaKitError(.usage, "prompt token \(id) is outside the vocabulary of \(V)")
+        } }
+        state.reset()
+        let ws = Workspace(config: model.config, B: batch, L: L, training: false)
+        let flat = prompts.flatMap { $0 }
+        flat.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state, lastOnly: true) }
+        return Array(UnsafeBufferPointer(start: ws.logits.ptr, count: batch * V))
+    }
+
+    /// Feeds one token per sequence; returns the next logits `(batch, V)` (a view valid until the next call).
+    public func step(_ tokens: [Int32]) -> UnsafeBufferPointer<Float> {
+        precondition(tokens.count == batch)
+        tokens.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: stepWS, state: state) }
+        return UnsafeBufferPointer(start: stepWS.logits.ptr, count: batch * model.config.vocabSize)
+    }
+
+    /// Generates `count` tokens after `prompt` (batch 1), calling `emit` with each as soon as it is drawn
+    /// (return false from `emit` to stop early).
+    public func generate(prompt: [Int32], count: Int, sampler: Sampler, rng: inout RNG,
+                         emit: (Int32) throws -> Bool) throws {
+        precondition(batch == 1)
+        let V = model.config.vocabSize
+        guard count > 0 else { return }
+        var logits = try prefill([prompt])
+        var produced = 0
+        while true {
+            let next = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, V: V, rng: &rng) }
+            produced += 1
+            if try !emit(next) || produced == count { return }
+            logits = Array(step([next]))
+        }
+    }
+}

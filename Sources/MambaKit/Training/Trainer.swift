@@ -1,0 +1,305 @@
+import Foundation
+
+/// Next-token training of a `MambaModel` on a `TokenCorpus`: AdamW with decoupled weight decay, global gradient
+/// clipping, warmup + cosine schedule, periodic exact validation on the held-out tails, `metrics.jsonl`, atomic
+/// checkpoints, and bit-exact resume (model, both AdamW moments, step counters and the data RNG are all saved).
+///
+/// Run directory:
+///
+///     OUT/config.json, OUT/model.safetensors      the latest model (HF layout: loads in transformers)
+///     OUT/checkpoints/step-NNNNNNNN/              a complete checkpoint: the model files plus
+///         training_state.safetensors              AdamW moments `m.<name>`, `v.<name>`
+///         trainer_state.json                      step, RNG words, options, data fingerprint
+///     OUT/checkpoints/latest                      the name of the newest complete checkpoint
+///     OUT/metrics.jsonl                           one JSON object per logged step / validation
+///
+/// A checkpoint directory is written under a temporary name and renamed into place, and `latest` is replaced
+/// atomically after it, so an interrupted save never leaves a checkpoint that looks whole.
+public final class Trainer {
+    public struct Options: Equatable, Sendable {
+        public var steps = 1000
+        public var batchSize = 8
+        public var seqLen = 512
+        public var lr = 2e-3
+        public var minLRRatio = 0.1
+        public var warmup = 100
+        public var weightDecay = 0.1
+        public var beta1 = 0.9
+        public var beta2 = 0.95
+        public var eps = 1e-8
+        public var gradClip = 1.0
+        public var seed: UInt64 = 0
+        public var valFraction = 0.05
+        public var evalEvery = 200
+        public var evalTokens = 65536
+        public var checkpointEvery = 500
+        public var logEvery = 10
+        public var keepCheckpoints = 2
+        public init() {}
+
+        var json: [String: Any] {
+            ["steps": steps, "batch_size": batchSize, "seq_len": seqLen, "lr": lr, "min_lr_ratio": minLRRatio,
+             "warmup": warmup, "weight_decay": weightDecay, "beta1": beta1, "beta2": beta2, "eps": eps,
+             "grad_clip": gradClip, "seed": String(seed), "val_fraction": valFraction, "eval_every": evalEvery,
+             "eval_tokens": evalTokens, "checkpoint_every": checkpointEvery, "log_every": logEvery]
+        }
+    }
+
+    public enum Event {
+        case started(step: Int, of: Int, parameters: Int, trainTokens: Int, validationTokens: Int)
+        case step(step: Int, of: Int, loss: Double, lr: Double, gradNorm: Double, tokensPerSecond: Double, elapsed: Double)
+        case validation(step: Int, loss: Double)
+        case checkpoint(step: Int, path: String)
+    }
+
+    public let model: MambaModel
+    public let corpus: TokenCorpus
+    public let options: Options
+    public let outDir: String
+    /// Identifies the training data (paths and sizes) so a resume on other data is refused.
+    public let dataFingerprint: [String]
+    let optimizer: AdamW
+    var rng: RNG
+    public private(set) var step = 0
+    /// Training seconds before this run (restored on resume), and up to the latest step.
+    var elapsedBefore = 0.0
+    var elapsedNow = 0.0
+
+    public init(model: MambaModel, corpus: TokenCorpus, options: Options, outDir: String, dataFingerprint: [String]) {
+        self.model = model
+        self.corpus = corpus
+        self.options = options
+        self.outDir = outDir
+        self.dataFingerprint = dataFingerprint
+        optimizer = AdamW(layout: model.params.layout, hyper: .init(
+            beta1: Float(options.beta1), beta2: Float(options.beta2), eps: Float(options.eps),
+            weightDecay: Float(options.weightDecay)))
+        rng = RNG(seed: options.seed)
+    }
+
+    public var schedule: CosineSchedule {
+        CosineSchedule(peak: options.lr, minimum: options.lr * options.minLRRatio,
+                       warmup: min(options.warmup, options.steps), total: options.steps)
+    }
+
+    var checkpointsDir: String { outDir + "/checkpoints" }
+    var metricsPath: String { outDir + "/metrics.jsonl" }
+
+    /// Trains until `options.steps`. `shouldStop` is polled after every step (Ctrl-C): the trainer then saves a
+    /// checkpoint and throws `.interrupted`. A non-finite loss or gradient throws `.numeric` without saving, so the
+    /// last good checkpoint stays as it was.
+    public func run(events: (Event) -> Void = { _ in }, shouldStop: () -> Bool = { false }) throws {
+        try ensureDirectory(outDir)
+        let o = options
+        let (B, L) = (o.batchSize, o.seqLen)
+        let ws = Workspace(config: model.config, B: B, L: L, training: true)
+        var ids = [Int32](repeating: 0, count: B * L)
+        var targets = [Int32](repeating: 0, count: B * L)
+        let metrics = try MetricsLog(path: metricsPath, keepThroughStep: step)
+        events(.started(step: step, of: o.steps, parameters: model.config.parameterCount,
+                        trainTokens: corpus.trainTokens, validationTokens: corpus.validationTokens))
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        let startStep = step
+        var windowStart = clock.now
+        var windowTokens = 0
+        while step < o.steps {
+            try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
+            model.zeroGradients()
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
+            let (sum, count) = ids.withUnsafeBufferPointer { i in
+                targets.withUnsafeBufferPointer { t in model.backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws) }
+            }
+            let loss = sum / Double(max(count, 1))
+            let gradNorm = AdamW.clipGradients(model.grads, maxNorm: Float(o.gradClip))
+            guard loss.isFinite, gradNorm.isFinite else {
+                let last = (try? String(contentsOfFile: checkpointsDir + "/latest", encoding: .utf8))
+                    .map { "the last good checkpoint, \($0.trimmingCharacters(in: .whitespacesAndNewlines)), is kept" }
+                    ?? "no checkpoint had been written"
+                throw MambaKitError(.numeric, "loss became \(loss.isFinite ? "finite but the gradient norm \(gradNorm)" : "\(loss)") at step \(step + 1); \(last) (lower --lr?)", at: outDir)
+            }
+            let lr = schedule.rate(step: step + 1)
+            optimizer.update(params: model.params, grads: model.grads, lr: Float(lr))
+            step += 1
+            windowTokens += B * L
+            let now = clock.now
+            let elapsed = elapsedBefore + seconds(now - t0)
+            elapsedNow = elapsed
+            if step % o.logEvery == 0 || step == o.steps || step == startStep + 1 {
+                let tps = Double(windowTokens) / max(seconds(now - windowStart), 1e-9)
+                events(.step(step: step, of: o.steps, loss: loss, lr: lr, gradNorm: gradNorm, tokensPerSecond: tps,
+                             elapsed: elapsed))
+                try metrics.append(["step": step, "loss": loss, "lr": lr, "grad_norm": gradNorm,
+                                    "tokens_per_s": tps, "elapsed_s": elapsed])
+                windowStart = now
+                windowTokens = 0
+            }
+            if (o.evalEvery > 0 && step % o.evalEvery == 0) || step == o.steps, corpus.validationTokens > 1 {
+                let v = try validationLoss()
+                events(.validation(step: step, loss: v))
+                try metrics.append(["step": step, "val_loss": v, "val_bits_per_token": v / log(2.0)])
+            }
+            let stop = shouldStop()
+            if (o.checkpointEvery > 0 && step % o.checkpointEvery == 0) || step == o.steps || stop {
+                let path = try saveCheckpoint()
+                events(.checkpoint(step: step, path: path))
+            }
+            if stop && step < o.steps {
+                throw MambaKitError(.interrupted, "interrupted at step \(step) of \(o.steps); resume with --resume",
+                                    at: checkpointsDir + "/" + Self.checkpointName(step))
+            }
+        }
+    }
+
+    /// Exact mean NLL over the held-out tails (at most `evalTokens` predicted tokens, spread over the streams).
+    public func validationLoss() throws -> Double {
+        var total = Evaluator.Result(sum: 0, count: 0)
+        let streams = corpus.streams.filter { $0.tokens.count - $0.trainEnd >= 2 }
+        guard !streams.isEmpty else { return .nan }
+        let per = max(2, options.evalTokens / streams.count + 1)
+        for s in streams {
+            let tail = Array(s.tokens[s.trainEnd..<min(s.tokens.count, s.trainEnd + per)])
+            let r = try Evaluator.nll(model: model, tokens: tail, chunk: options.seqLen)
+            total.sum += r.sum
+            total.count += r.count
+        }
+        return total.meanLoss
+    }
+
+    static func checkpointName(_ step: Int) -> String {
+        "step-" + String(repeating: "0", count: max(0, 8 - String(step).count)) + String(step)
+    }
+
+    /// Writes a complete checkpoint directory, points `latest` at it, refreshes OUT's model files, and prunes
+    /// older checkpoints. Returns the checkpoint's path.
+    @discardableResult
+    public func saveCheckpoint() throws -> String {
+        try ensureDirectory(checkpointsDir)
+        let name = Self.checkpointName(step)
+        let final = checkpointsDir + "/" + name
+        let tmp = checkpointsDir + "/.\(name).tmp-\(getpid())"
+        try? FileManager.default.removeItem(atPath: tmp)
+        try ensureDirectory(tmp)
+        do {
+            try model.save(directory: tmp)
+            var tensors: [SafeTensorOut] = []
+            for v in model.params.layout.views {
+                tensors.append(SafeTensorOut(name: "m." + v.name, shape: v.shape, floats: optimizer.m.values(v.name)))
+                tensors.append(SafeTensorOut(name: "v." + v.name, shape: v.shape, floats: optimizer.v.values(v.name)))
+            }
+            try SafeTensorsFile.write(tensors, metadata: ["format": "mambakit-training"],
+                                      to: tmp + "/training_state.safetensors")
+            let state: [String: Any] = [
+                "step": step, "adam_step": optimizer.step, "rng": rng.words.map { String($0, radix: 16) },
+                "elapsed_s": elapsedNow, "options": options.json, "data": dataFingerprint,
+            ]
+            let json = try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys])
+            try AtomicFile.write(json, to: tmp + "/trainer_state.json")
+            if FileManager.default.fileExists(atPath: final) { try FileManager.default.removeItem(atPath: final) }
+            guard rename(tmp, final) == 0 else {
+                throw MambaKitError(.io, "cannot rename checkpoint into place: \(String(cString: strerror(errno)))", at: final)
+            }
+            fsyncDirectory(checkpointsDir)
+        } catch {
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw error
+        }
+        try AtomicFile.writeText(name + "\n", to: checkpointsDir + "/latest")
+        try model.save(directory: outDir)
+        // Prune: keep the newest `keepCheckpoints` complete checkpoints.
+        let all = ((try? FileManager.default.contentsOfDirectory(atPath: checkpointsDir)) ?? [])
+            .filter { $0.hasPrefix("step-") }.sorted()
+        for old in all.dropLast(max(1, options.keepCheckpoints)) where old != name {
+            try? FileManager.default.removeItem(atPath: checkpointsDir + "/" + old)
+        }
+        return final
+    }
+
+    /// Restores model, optimizer, step and RNG from `OUT/checkpoints/latest`. Refuses a checkpoint made with
+    /// another model shape or other data.
+    public func resume() throws {
+        let latestPath = checkpointsDir + "/latest"
+        guard let latest = try? String(contentsOfFile: latestPath, encoding: .utf8) else {
+            throw MambaKitError(.io, "no checkpoint to resume from (checkpoints/latest is missing)", at: outDir)
+        }
+        let dir = checkpointsDir + "/" + latest.trimmingCharacters(in: .whitespacesAndNewlines)
+        let saved = try MambaModel.load(directory: dir)
+        guard saved.config == model.config else {
+            throw MambaKitError(.config, "the checkpoint's model shape differs from the requested one", at: dir)
+        }
+        model.params.copy(from: saved.params)
+        let statePath = dir + "/trainer_state.json"
+        let data = try FileInput.readBytes(statePath)
+        guard let st = try? JSONSerialization.jsonObject(with: Data(data)) as? [String: Any],
+              let s = st["step"] as? Int, let a = st["adam_step"] as? Int, let words = st["rng"] as? [String],
+              words.count == 4 else {
+            throw MambaKitError(.format, "trainer state is not valid", at: statePath)
+        }
+        let w = words.compactMap { UInt64($0, radix: 16) }
+        guard w.count == 4 else { throw MambaKitError(.format, "RNG state is not valid", at: statePath) }
+        if let fp = st["data"] as? [String], fp != dataFingerprint {
+            throw MambaKitError(.usage, "the checkpoint was trained on other data (\(fp.joined(separator: ", "))); resume with the same --data", at: statePath)
+        }
+        if let so = st["options"] as? [String: Any] {
+            for key in ["batch_size", "seq_len", "seed"] where "\(so[key] ?? "")" != "\(options.json[key] ?? "")" {
+                throw MambaKitError(.usage, "the checkpoint used \(key) = \(so[key] ?? "?"), this run asks for \(options.json[key] ?? "?"); resume with the same value", at: statePath)
+            }
+        }
+        let ts = try SafeTensorsFile(path: dir + "/training_state.safetensors")
+        for v in model.params.layout.views {
+            try ts.copyFloats("m." + v.name, into: optimizer.m.ptr(v), count: v.count)
+            try ts.copyFloats("v." + v.name, into: optimizer.v.ptr(v), count: v.count)
+        }
+        step = s
+        optimizer.step = a
+        rng = RNG(words: w)
+        elapsedBefore = st["elapsed_s"] as? Double ?? 0
+        elapsedNow = elapsedBefore
+    }
+}
+
+func seconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+}
+
+func fsyncDirectory(_ path: String) {
+    let fd = open(path, O_RDONLY | O_DIRECTORY)
+    if fd >= 0 { fsync(fd); close(fd) }
+}
+
+/// Appends JSON lines to `metrics.jsonl`, flushing each. On resume it first drops lines logged after the
+/// checkpoint's step, so the file reads as one uninterrupted run.
+final class MetricsLog {
+    let path: String
+    let handle: FileHandle
+
+    init(path: String, keepThroughStep: Int) throws {
+        self.path = path
+        if FileManager.default.fileExists(atPath: path) {
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            let kept = text.split(separator: "\n").filter { line in
+                guard keepThroughStep > 0,
+                      let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                      let s = o["step"] as? Int else { return false }
+                return s <= keepThroughStep
+            }
+            try AtomicFile.writeText(kept.map { $0 + "\n" }.joined(), to: path)
+        } else {
+            try AtomicFile.writeText("", to: path)
+        }
+        guard let h = FileHandle(forWritingAtPath: path) else {
+            throw MambaKitError(.io, "cannot open metrics log for writing", at: path)
+        }
+        handle = h
+        handle.seekToEndOfFile()
+    }
+
+    deinit { try? handle.close() }
+
+    func append(_ obj: [String: Any]) throws {
+        var o = obj
+        for (k, v) in o { if let d = v as? Double, !d.isFinite { o[k] = NSNull() } }
+        let data = try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])
+        handle.write(data + Data([10]))
+    }
+}

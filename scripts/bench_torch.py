@@ -1,0 +1,881 @@
+#!/usr/bin/env python3
+"""PyTorch CPU reference benchmarks for MambaKit.
+
+Measures, on CPU in float32, the throughput of the pure-PyTorch Mamba-1
+implementations that MambaKit is compared against:
+
+* transformers ``MambaForCausalLM``
+    - ``transformers``: the default CPU path. Without ``mamba_ssm``,
+      ``causal_conv1d`` and ``kernels`` installed every kernel falls back to
+      its PyTorch reference; the selective scan is the sequential per-time-step
+      loop in ``mamba_selective_scan`` (the associative scan is only used under
+      ``torch.compile``, which this script does not use).
+    - ``transformers-mambapy``: the same model with ``use_mambapy=True``, so the
+      scan in training/prefill uses ``mambapy.pscan`` (a parallel scan).
+      Single-token decoding is identical for both, so generation is measured
+      once, as ``transformers``.
+* ``mambapy``: the ``mambapy`` package's language model (``mambapy.lm.LM``)
+  with ``pscan=True`` for training and its recurrent ``step`` function for
+  generation. Its LM head is tied to the embedding (as in the transformers
+  model), the embedding's ``padding_idx`` is cleared and ``dt_proj`` gets the
+  standard Mamba time-step initialisation (which ``LM``'s own weight init
+  overwrites), so both libraries run the same architecture.
+
+Tasks
+-----
+train:    forward + backward + AdamW step on random byte tokens, mean
+          next-token cross-entropy (the same loss code for every
+          implementation). 1 warm-up step, then ``--train-steps`` timed steps
+          (only 1 if the warm-up step took longer than ``--slow-step-seconds``).
+          tokens/s = batch * seq_len / seconds-per-step.
+generate: greedy decoding with the recurrent state (cache): a random prompt of
+          ``--prompt-len`` tokens, then ``--gen-tokens`` new tokens. The prompt
+          pass (prefill) yields the first new token and is timed separately;
+          the remaining ``gen_tokens - 1`` single-token steps are the decode
+          time. tokens/s = batch * (gen_tokens - 1) / decode seconds.
+
+Models (random weights, vocabulary 256 = bytes, tied embeddings):
+    reference: d_model 256, 4 layers, d_state 16, d_conv 4, expand 2, dt_rank 16
+    mamba130m: d_model 768, 24 layers, d_state 16, d_conv 4, expand 2, dt_rank 48
+
+Every measurement runs in its own fresh Python process, so ``peak_rss_mb`` (the
+process's VmHWM, i.e. peak resident set size) belongs to that configuration
+alone; ``rss_baseline_mb`` is the resident size after the imports and before
+the model is built. A failing or crashing measurement becomes an entry with an
+``error`` field. Unless ``--skip-parity`` is given, a small parity check first
+loads one set of weights into all three code paths and compares their logits
+and greedy tokens.
+
+Progress goes to stderr; stdout receives exactly one JSON object.
+
+Usage (from the repository root)::
+
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install -r scripts/requirements-bench.txt
+    .venv-bench/bin/python scripts/bench_torch.py --threads 2 > bench_torch.json
+    .venv-bench/bin/python scripts/bench_torch.py --quick        # smoke test
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+CONFIGS = {
+    "reference": dict(vocab_size=256, d_model=256, n_layers=4, d_state=16, d_conv=4, expand=2, dt_rank=16),
+    "mamba130m": dict(vocab_size=256, d_model=768, n_layers=24, d_state=16, d_conv=4, expand=2, dt_rank=48),
+}
+
+TRAIN_IMPLS = ["transformers", "transformers-mambapy", "mambapy"]
+GEN_IMPLS = ["transformers", "mambapy"]
+
+# AdamW hyper-parameters (weight decay only on matrices/filters; not on
+# biases, norm weights, D or A_log).
+ADAMW = {"lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+
+QUICK = {"train_seq_len": 256, "train_steps": 1, "gen_tokens": 32}
+
+HF_PATH_NOTES = {
+    "transformers": (
+        "MambaForCausalLM, default CPU path: PyTorch fallbacks for causal_conv1d/selective_scan "
+        "(mamba_ssm, causal_conv1d and kernels not installed), sequential per-time-step scan loop"
+    ),
+    "transformers-mambapy": (
+        "MambaForCausalLM with config use_mambapy=True: PyTorch fallbacks, scan via mambapy.pscan (parallel)"
+    ),
+}
+
+
+# --------------------------------------------------------------------------- #
+# helpers shared by parent and workers
+# --------------------------------------------------------------------------- #
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def dist_version(name):
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def cpu_string():
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    model = model or platform.processor() or "unknown CPU"
+    return f"{model} | {platform.machine()} | {platform.platform()} | {os.cpu_count()} logical CPUs"
+
+
+def default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def proc_status_mb(field):
+    """A kB field of /proc/self/status (VmHWM, VmRSS) in MiB, or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb():
+    hwm = proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / (1024.0 * 1024.0)
+
+
+def rnd(x, nd=4):
+    return None if x is None else round(float(x), nd)
+
+
+# --------------------------------------------------------------------------- #
+# model construction (workers)
+# --------------------------------------------------------------------------- #
+
+
+def build_hf(cfg, use_mambapy):
+    import dataclasses
+
+    from transformers import MambaConfig, MambaForCausalLM
+
+    kwargs = dict(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["d_model"],
+        num_hidden_layers=cfg["n_layers"],
+        state_size=cfg["d_state"],
+        conv_kernel=cfg["d_conv"],
+        expand=cfg["expand"],
+        time_step_rank=cfg["dt_rank"],
+        tie_word_embeddings=True,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+        use_cache=True,
+    )
+    try:
+        fields = {f.name for f in dataclasses.fields(MambaConfig)}
+    except TypeError:
+        fields = set(vars(MambaConfig()))
+    if use_mambapy:
+        if "use_mambapy" not in fields:
+            raise RuntimeError("this transformers version's MambaConfig has no use_mambapy flag")
+        from transformers.utils.import_utils import is_mambapy_available
+
+        if not is_mambapy_available():
+            raise RuntimeError("use_mambapy=True requested but transformers cannot import mambapy")
+        kwargs["use_mambapy"] = True
+    elif "use_mambapy" in fields:
+        kwargs["use_mambapy"] = False
+    config = MambaConfig(**kwargs)
+    model = MambaForCausalLM(config)
+    if model.lm_head.weight.data_ptr() != model.backbone.embeddings.weight.data_ptr():
+        raise RuntimeError("transformers did not tie lm_head to the embedding")
+    return model
+
+
+class _ThinMambapyLM:
+    """Stand-in used only if ``mambapy.lm`` cannot be imported (it pulls in
+    ``mambapy.mamba2``, which needs einops): embedding -> mambapy.mamba.Mamba
+    -> RMSNorm -> linear head, with the same attribute names and methods."""
+
+    @staticmethod
+    def create(mcfg, vocab_size):
+        import torch.nn as nn
+
+        from mambapy.mamba import Mamba, RMSNorm
+
+        class ThinLM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.config = mcfg
+                self.embedding = nn.Embedding(vocab_size, mcfg.d_model)
+                self.mamba = Mamba(mcfg)
+                self.norm_f = RMSNorm(mcfg.d_model, mcfg.rms_norm_eps)
+                self.lm_head = nn.Linear(mcfg.d_model, vocab_size, bias=False)
+
+            def forward(self, tokens):
+                return self.lm_head(self.norm_f(self.mamba(self.embedding(tokens))))
+
+            def step(self, token, caches):
+                x, caches = self.mamba.step(self.embedding(token), caches)
+                return self.lm_head(self.norm_f(x)), caches
+
+        return ThinLM()
+
+
+def reset_dt_init(mixer, dt_rank, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
+    """Standard Mamba time-step init: dt_proj.weight ~ U(+-dt_rank^-0.5),
+    softplus(dt_proj.bias) log-uniform in [dt_min, dt_max]."""
+    import torch
+
+    with torch.no_grad():
+        std = dt_rank ** -0.5
+        mixer.dt_proj.weight.uniform_(-std, std)
+        n = mixer.dt_proj.bias.shape[0]
+        u = torch.rand(n)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+        mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def build_mambapy(cfg, use_pscan=True):
+    from mambapy.mamba import MambaConfig as MPConfig
+
+    mcfg = MPConfig(
+        d_model=cfg["d_model"],
+        n_layers=cfg["n_layers"],
+        dt_rank=cfg["dt_rank"],
+        d_state=cfg["d_state"],
+        expand_factor=cfg["expand"],
+        d_conv=cfg["d_conv"],
+        rms_norm_eps=1e-5,
+        bias=False,
+        conv_bias=True,
+        pscan=use_pscan,
+    )
+    notes = []
+    try:
+        from mambapy.lm import LM
+
+        model = LM(mcfg, cfg["vocab_size"])
+        notes.append("mambapy.lm.LM")
+    except ImportError as exc:
+        model = _ThinMambapyLM.create(mcfg, cfg["vocab_size"])
+        notes.append(f"mambapy.lm not importable ({exc}); minimal LM around mambapy.mamba.Mamba")
+    model.lm_head.weight = model.embedding.weight
+    model.embedding.padding_idx = None
+    for layer in model.mamba.layers:
+        reset_dt_init(layer.mixer, mcfg.dt_rank)
+    notes.append("lm_head tied to embedding, padding_idx cleared, standard dt_proj init")
+    if mcfg.use_cuda:
+        raise RuntimeError("mambapy unexpectedly configured for the CUDA scan")
+    return model, "; ".join(notes)
+
+
+class Impl:
+    """Uniform interface over the benchmarked code paths."""
+
+    def __init__(self, name, cfg, model=None):
+        self.name = name
+        self.cfg = cfg
+        self.kind = "hf" if name.startswith("transformers") else "mambapy"
+        self.notes = ""
+        if model is not None:
+            self.model = model
+        elif self.kind == "hf":
+            self.model = build_hf(cfg, use_mambapy=(name == "transformers-mambapy"))
+            self.notes = HF_PATH_NOTES[name]
+        else:
+            self.model, how = build_mambapy(cfg, use_pscan=True)
+            self.notes = f"{how}; training scan: mambapy.pscan (pscan=True); generation: LM.step recurrence"
+
+    def logits(self, ids):
+        if self.kind == "hf":
+            return self.model(input_ids=ids, use_cache=False).logits
+        return self.model(ids)
+
+    # generation: prefill returns (state, last logits [B, V])
+    def prefill(self, prompt):
+        import torch
+
+        if self.kind == "hf":
+            out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+            return out.cache, out.logits[:, -1]
+        c = self.model.config
+        caches = [
+            (None, torch.zeros(prompt.shape[0], c.d_inner, c.d_conv - 1)) for _ in range(c.n_layers)
+        ]
+        logits = None
+        for t in range(prompt.shape[1]):
+            logits, caches = self.model.step(prompt[:, t], caches)
+        return caches, logits
+
+    def decode(self, token, state):
+        """token: [B] int64. Returns (state, logits [B, V])."""
+        if self.kind == "hf":
+            out = self.model(input_ids=token[:, None], cache=state, use_cache=True)
+            return out.cache, out.logits[:, -1]
+        logits, state = self.model.step(token, state)
+        return state, logits
+
+
+class PscanCounter:
+    """Counts calls of mambapy.pscan.pscan, both as imported by transformers
+    (inside the scan function, at call time) and by mambapy.mamba."""
+
+    def __init__(self):
+        self.calls = 0
+        try:
+            import mambapy.pscan as ps
+        except ImportError:
+            return
+        orig = ps.pscan
+
+        def counted(*a, **k):
+            self.calls += 1
+            return orig(*a, **k)
+
+        ps.pscan = counted
+        # mambapy.mamba binds the name at import time; patch it if already imported
+        mm = sys.modules.get("mambapy.mamba")
+        if mm is not None and getattr(mm, "pscan", None) is orig:
+            mm.pscan = counted
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_adamw(model):
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if (p.dim() < 2 or name.endswith("A_log")) else decay).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": ADAMW["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=ADAMW["lr"],
+        betas=tuple(ADAMW["betas"]),
+        eps=ADAMW["eps"],
+    )
+
+
+def next_token_loss(logits, ids):
+    import torch.nn.functional as F
+
+    v = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, v).float(), ids[:, 1:].reshape(-1))
+
+
+# --------------------------------------------------------------------------- #
+# worker jobs
+# --------------------------------------------------------------------------- #
+
+
+def setup_torch(threads, seed):
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return torch
+
+
+def job_train(job):
+    torch = setup_torch(job["threads"], job["seed"])
+    counter = PscanCounter()
+    baseline = proc_status_mb("VmRSS")
+    cfg = CONFIGS[job["config"]]
+    impl = Impl(job["impl"], cfg)
+    model = impl.model
+    model.train()
+    opt = make_adamw(model)
+    B, L = job["batch"], job["seq_len"]
+    ids = torch.randint(0, cfg["vocab_size"], (B, L), dtype=torch.long)
+    max_norm = job["max_grad_norm"]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = next_token_loss(impl.logits(ids), ids)
+        loss.backward()
+        if max_norm and max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.step()
+        return float(loss.item())
+
+    log(f"  [{job['label']}] warm-up step ...")
+    t0 = time.perf_counter()
+    counter.calls = 0
+    warm_loss = step()
+    warm = time.perf_counter() - t0
+    pscan_calls = counter.calls
+    log(f"  [{job['label']}] warm-up {warm:.2f} s, loss {warm_loss:.4f}, pscan calls {pscan_calls}")
+
+    steps = job["steps"]
+    notes = [impl.notes]
+    if steps > 1 and warm > job["slow_step_seconds"]:
+        notes.append(
+            f"warm-up step took {warm:.1f} s > {job['slow_step_seconds']:.0f} s, so only 1 timed step "
+            f"instead of {steps}"
+        )
+        steps = 1
+    times, losses = [], []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - t0)
+        log(f"  [{job['label']}] step {i + 1}/{steps}: {times[-1]:.2f} s, loss {losses[-1]:.4f}")
+    sec = sum(times) / len(times)
+
+    expect_pscan = job["impl"] != "transformers"
+    if expect_pscan and pscan_calls == 0:
+        raise RuntimeError("expected the parallel scan (mambapy.pscan) to run, but it was never called")
+    if not expect_pscan and pscan_calls != 0:
+        raise RuntimeError("expected the sequential scan, but mambapy.pscan was called")
+
+    notes.append(
+        f"tokens/s = batch*seq_len/(mean s per step); step = zero_grad + forward + mean next-token CE + "
+        f"backward{' + clip_grad_norm' if max_norm and max_norm > 0 else ''} + AdamW; float32"
+    )
+    return {
+        "tokens_per_s": B * L / sec,
+        "seconds": sec,
+        "step_seconds": times,
+        "warmup_seconds": warm,
+        "steps_timed": steps,
+        "loss": sum(losses) / len(losses),
+        "pscan_calls_per_step": pscan_calls,
+        "params": count_params(model),
+        "rss_baseline_mb": baseline,
+        "notes": "; ".join(notes),
+    }
+
+
+def job_generate(job):
+    torch = setup_torch(job["threads"], job["seed"])
+    baseline = proc_status_mb("VmRSS")
+    cfg = CONFIGS[job["config"]]
+    impl = Impl(job["impl"], cfg)
+    impl.model.eval()
+    B, P, N = job["batch"], job["prompt_len"], job["gen_tokens"]
+    if N < 2:
+        raise ValueError("--gen-tokens must be at least 2")
+    prompt = torch.randint(0, cfg["vocab_size"], (B, P), dtype=torch.long)
+
+    with torch.inference_mode():
+        # short untimed warm-up on a separate state
+        state, logits = impl.prefill(prompt)
+        tok = logits.argmax(-1)
+        for _ in range(3):
+            state, logits = impl.decode(tok, state)
+            tok = logits.argmax(-1)
+        del state
+
+        t0 = time.perf_counter()
+        state, logits = impl.prefill(prompt)
+        tok = logits.argmax(-1)
+        t1 = time.perf_counter()
+        out = [tok]
+        for _ in range(N - 1):
+            state, logits = impl.decode(tok, state)
+            tok = logits.argmax(-1)
+            out.append(tok)
+        t2 = time.perf_counter()
+
+    generated = torch.stack(out, dim=1)
+    assert generated.shape == (B, N)
+    prefill, decode = t1 - t0, t2 - t1
+    log(
+        f"  [{job['label']}] prefill {prefill * 1e3:.1f} ms, decode {N - 1} steps in {decode:.2f} s "
+        f"({decode / (N - 1) * 1e3:.2f} ms/step)"
+    )
+    if impl.kind == "hf":
+        how = "manual greedy loop: model(input_ids=token, cache=cache, use_cache=True), one token per call"
+        pre = "prefill: one forward over the prompt (sequential scan)"
+    else:
+        how = "manual greedy loop over LM.step(token, caches)"
+        pre = "prefill: LM.step token by token (mambapy has no cached parallel prefill)"
+    return {
+        "tokens_per_s": B * (N - 1) / decode,
+        "seconds": decode,
+        "prefill_seconds": prefill,
+        "decode_steps": N - 1,
+        "ms_per_step": decode / (N - 1) * 1e3,
+        "tokens_per_s_per_sequence": (N - 1) / decode,
+        "prompt_len": P,
+        "gen_tokens": N,
+        "params": count_params(impl.model),
+        "rss_baseline_mb": baseline,
+        "notes": (
+            f"{impl.notes}; {how}; {pre}; seconds = decode time excluding prefill (which yields the first new "
+            f"token); tokens/s = batch*(gen_tokens-1)/seconds; torch.inference_mode; float32"
+        ),
+    }
+
+
+def job_parity(job):
+    """Same weights in all three code paths: compare logits and greedy tokens."""
+    torch = setup_torch(job["threads"], job["seed"])
+    cfg = CONFIGS["reference"]
+    hf = build_hf(cfg, use_mambapy=False).eval()
+    mp, _ = build_mambapy(cfg, use_pscan=True)
+    mp.eval()
+
+    src = {}
+    for name, p in hf.named_parameters():
+        if name == "lm_head.weight":
+            continue
+        key = (
+            name.replace("backbone.embeddings.", "embedding.")
+            .replace("backbone.norm_f.", "norm_f.")
+            .replace("backbone.layers.", "mamba.layers.")
+        )
+        src[key] = p.detach()
+    src["lm_head.weight"] = src["embedding.weight"]
+    missing, unexpected = mp.load_state_dict(src, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping mismatch: missing {missing}, unexpected {unexpected}")
+
+    ids = torch.randint(0, cfg["vocab_size"], (2, 100), dtype=torch.long)
+    res = {"config": "reference", "batch": 2, "seq_len": 100}
+    with torch.inference_mode():
+        ref = hf(input_ids=ids, use_cache=False).logits
+        for layer in hf.backbone.layers:
+            layer.mixer.use_mambapy = True
+        counter = PscanCounter()
+        hf_ps = hf(input_ids=ids, use_cache=False).logits
+        used = counter.calls
+        for layer in hf.backbone.layers:
+            layer.mixer.use_mambapy = False
+        mp_logits = mp(ids)
+        res["max_abs_logit_diff_transformers_mambapy_vs_sequential"] = float((hf_ps - ref).abs().max())
+        res["transformers_mambapy_pscan_calls"] = used
+        res["max_abs_logit_diff_mambapy_vs_transformers"] = float((mp_logits - ref).abs().max())
+        res["loss_transformers"] = float(next_token_loss(ref, ids))
+        res["loss_mambapy"] = float(next_token_loss(mp_logits, ids))
+
+        toks = {}
+        for kind, impl_name in (("hf", "transformers"), ("mp", "mambapy")):
+            impl = Impl(impl_name, cfg, model=hf if kind == "hf" else mp)
+            state, logits = impl.prefill(ids[:, :16])
+            seq, lg = [], [logits]
+            tok = logits.argmax(-1)
+            for _ in range(15):
+                seq.append(tok)
+                state, logits = impl.decode(tok, state)
+                lg.append(logits)
+                tok = logits.argmax(-1)
+            seq.append(tok)
+            toks[kind] = (torch.stack(seq, 1), torch.stack(lg, 1))
+        res["greedy_16_tokens_equal"] = bool(torch.equal(toks["hf"][0], toks["mp"][0]))
+        res["max_abs_decode_logit_diff"] = float((toks["hf"][1] - toks["mp"][1]).abs().max())
+    tol = 1e-3
+    res["ok"] = bool(
+        res["max_abs_logit_diff_transformers_mambapy_vs_sequential"] < tol
+        and res["max_abs_logit_diff_mambapy_vs_transformers"] < tol
+        and res["max_abs_decode_logit_diff"] < tol
+        and res["greedy_16_tokens_equal"]
+        and used > 0
+    )
+    return res
+
+
+def job_env(job):
+    import torch
+
+    info = {"torch": torch.__version__}
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except Exception as exc:  # reported, not fatal
+        info["transformers"] = f"unavailable: {exc}"
+    info["mambapy"] = dist_version("mambapy")
+    import importlib.util
+
+    info["optional_kernels_installed"] = {
+        m: importlib.util.find_spec(m) is not None for m in ("mamba_ssm", "causal_conv1d", "kernels")
+    }
+    info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    return info
+
+
+def worker_main(job_json, out_path):
+    job = json.loads(job_json)
+    result = {}
+    rc = 0
+    t0 = time.perf_counter()
+    try:
+        fn = {"train": job_train, "generate": job_generate, "parity": job_parity, "env": job_env}[job["task"]]
+        result = fn(job)
+        try:
+            import torch
+
+            result["torch_threads"] = torch.get_num_threads()
+        except Exception:
+            pass
+    except Exception as exc:
+        tb = traceback.format_exc()
+        log(tb)
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": tb.strip().splitlines()[-6:]}
+        rc = 1
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["process_seconds"] = time.perf_counter() - t0
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    return rc
+
+
+# --------------------------------------------------------------------------- #
+# parent: plan, run workers, collect
+# --------------------------------------------------------------------------- #
+
+
+def run_worker(job, timeout, threads):
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        OPENBLAS_NUM_THREADS=str(threads),
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    fd, out_path = tempfile.mkstemp(prefix="bench_torch_", suffix=".json")
+    os.close(fd)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker-job", json.dumps(job), "--worker-out", out_path]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=None, stdin=subprocess.DEVNULL)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return {"error": f"timed out after {timeout:.0f} s"}, time.perf_counter() - t0
+        try:
+            with open(out_path) as f:
+                text = f.read()
+            res = json.loads(text) if text.strip() else None
+        except (OSError, ValueError):
+            res = None
+        if res is None:
+            if rc < 0:
+                why = f"worker killed by signal {-rc}" + (" (out of memory?)" if -rc == 9 else "")
+            else:
+                why = f"worker exited with code {rc} without a result"
+            res = {"error": why}
+        return res, time.perf_counter() - t0
+    finally:
+        try:
+            os.unlink(out_path)
+        except OSError:
+            pass
+
+
+def plan(args):
+    jobs = []
+    tasks = set(args.tasks.split(","))
+    impls = set(args.impls.split(",")) if args.impls else None
+    configs = args.configs.split(",")
+    for c in configs:
+        if c not in CONFIGS:
+            raise SystemExit(f"unknown config {c!r}; choose from {sorted(CONFIGS)}")
+    base = dict(threads=args.threads, seed=args.seed)
+    if "train" in tasks:
+        for impl in TRAIN_IMPLS:
+            if impls and impl not in impls:
+                continue
+            L = args.train_seq_len
+            if impl == "transformers" and args.slow_train_seq_len:
+                L = args.slow_train_seq_len
+            jobs.append(
+                dict(
+                    base,
+                    task="train",
+                    impl=impl,
+                    config="reference",
+                    batch=args.train_batch,
+                    seq_len=L,
+                    steps=args.train_steps,
+                    slow_step_seconds=args.slow_step_seconds,
+                    max_grad_norm=args.max_grad_norm,
+                )
+            )
+    if "generate" in tasks:
+        for cfg in configs:
+            for b in [int(x) for x in args.gen_batches.split(",")]:
+                for impl in GEN_IMPLS:
+                    if impls and impl not in impls:
+                        continue
+                    jobs.append(
+                        dict(
+                            base,
+                            task="generate",
+                            impl=impl,
+                            config=cfg,
+                            batch=b,
+                            seq_len=args.prompt_len + args.gen_tokens,
+                            prompt_len=args.prompt_len,
+                            gen_tokens=args.gen_tokens,
+                        )
+                    )
+    for j in jobs:
+        j["label"] = f"{j['task']} {j['impl']} {j['config']} B={j['batch']} L={j['seq_len']}"
+    return jobs
+
+
+def make_entry(job, res):
+    entry = {k: job.get(k) for k in ("impl", "task", "config", "batch", "seq_len", "threads")}
+    entry["tokens_per_s"] = rnd(res.get("tokens_per_s"), 2)
+    entry["seconds"] = rnd(res.get("seconds"), 4)
+    entry["peak_rss_mb"] = rnd(res.get("peak_rss_mb"), 1)
+    if job["task"] == "train":
+        default_note = HF_PATH_NOTES.get(job["impl"], "mambapy.lm.LM, pscan=True")
+    else:
+        default_note = "greedy decoding with recurrent state"
+    entry["notes"] = res.get("notes", default_note)
+    if "error" in res:
+        entry["error"] = res["error"]
+        if "traceback" in res:
+            entry["traceback"] = res["traceback"]
+    for k, v in res.items():
+        if k in entry or k in ("error", "traceback", "process_seconds"):
+            continue
+        if isinstance(v, float):
+            v = rnd(v, 4)
+        elif isinstance(v, list):
+            v = [rnd(x, 4) if isinstance(x, float) else x for x in v]
+        entry[k] = v
+    entry["process_seconds"] = rnd(res.get("process_seconds"), 2)
+    return entry
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=default_threads(), help="torch.set_num_threads (default: all cores)")
+    p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
+    p.add_argument("--train-seq-len", type=int, default=None, help="training sequence length (default 2048)")
+    p.add_argument(
+        "--slow-train-seq-len",
+        type=int,
+        default=None,
+        help="sequence length for the transformers sequential path only (default: --train-seq-len)",
+    )
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--train-steps", type=int, default=None, help="timed training steps (default 3)")
+    p.add_argument(
+        "--slow-step-seconds",
+        type=float,
+        default=60.0,
+        help="if the warm-up step takes longer than this, time only 1 step (default 60)",
+    )
+    p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip_grad_norm_ in each step if > 0 (default off)")
+    p.add_argument("--gen-tokens", type=int, default=None, help="new tokens per sequence (default 256)")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--gen-batches", default="1,16")
+    p.add_argument("--configs", default="reference,mamba130m", help="generation configs")
+    p.add_argument("--tasks", default="train,generate")
+    p.add_argument("--impls", default=None, help=f"subset of {sorted(set(TRAIN_IMPLS + GEN_IMPLS))}")
+    p.add_argument("--skip-parity", action="store_true", help="skip the cross-implementation parity check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--job-timeout", type=float, default=3600.0, help="seconds before a measurement is abandoned")
+    p.add_argument("--output", default=None, help="also write the JSON to this file")
+    p.add_argument("--worker-job", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker_job is not None:
+        return worker_main(args.worker_job, args.worker_out)
+
+    if args.threads < 1:
+        raise SystemExit("--threads must be >= 1")
+    defaults = dict(train_seq_len=2048, train_steps=3, gen_tokens=256)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, QUICK[k] if args.quick else v)
+
+    t_start = time.perf_counter()
+    out = {
+        "torch": dist_version("torch"),
+        "transformers": dist_version("transformers"),
+        "mambapy": dist_version("mambapy"),
+        "numpy": dist_version("numpy"),
+        "python": platform.python_version(),
+        "cpu": cpu_string(),
+        "threads": args.threads,
+        "quick": bool(args.quick),
+        "settings": {
+            "train_batch": args.train_batch,
+            "train_seq_len": args.train_seq_len,
+            "slow_train_seq_len": args.slow_train_seq_len or args.train_seq_len,
+            "train_steps": args.train_steps,
+            "slow_step_seconds": args.slow_step_seconds,
+            "max_grad_norm": args.max_grad_norm,
+            "adamw": ADAMW,
+            "prompt_len": args.prompt_len,
+            "gen_tokens": args.gen_tokens,
+            "gen_batches": [int(x) for x in args.gen_batches.split(",")],
+            "configs": {k: CONFIGS[k] for k in CONFIGS},
+            "dtype": "float32",
+            "isolation": "one fresh process per entry; peak_rss_mb = VmHWM of that process",
+        },
+    }
+
+    log(f"bench_torch: {args.threads} thread(s); {out['cpu']}")
+    env_res, _ = run_worker(dict(task="env", threads=args.threads, seed=args.seed, label="env"), 600, args.threads)
+    if "error" in env_res:
+        out["env_error"] = env_res["error"]
+    else:
+        for k in ("torch", "transformers", "mambapy"):
+            if env_res.get(k):
+                out[k] = env_res[k]
+        out["optional_kernels_installed"] = env_res.get("optional_kernels_installed")
+        out["mkldnn"] = env_res.get("mkldnn")
+
+    if not args.skip_parity:
+        log("parity check (same weights in transformers sequential / use_mambapy / mambapy) ...")
+        par, _ = run_worker(dict(task="parity", threads=args.threads, seed=args.seed, label="parity"), 900, args.threads)
+        par.pop("process_seconds", None)
+        par.pop("torch_threads", None)
+        if "peak_rss_mb" in par:
+            par.pop("peak_rss_mb")
+        out["parity"] = {k: (rnd(v, 8) if isinstance(v, float) else v) for k, v in par.items()}
+        log(f"  parity: {json.dumps(out['parity'])}")
+
+    jobs = plan(args)
+    results = []
+    for i, job in enumerate(jobs, 1):
+        log(f"[{i}/{len(jobs)}] {job['label']} ...")
+        res, wall = run_worker(job, args.job_timeout, args.threads)
+        entry = make_entry(job, res)
+        results.append(entry)
+        if "error" in entry:
+            log(f"[{i}/{len(jobs)}] {job['label']}: ERROR {entry['error']}")
+        else:
+            log(
+                f"[{i}/{len(jobs)}] {job['label']}: {entry['tokens_per_s']} tok/s, {entry['seconds']} s, "
+                f"peak RSS {entry['peak_rss_mb']} MB ({wall:.1f} s wall)"
+            )
+    out["results"] = results
+    out["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+
+    text = json.dumps(out, indent=2)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
