@@ -4,6 +4,23 @@ import Testing
 
 // MARK: - Finite-difference support
 
+/// Owns the buffers a test hands to kernels as raw pointers. An optimised build may release an object right after its
+/// last use — for `FloatBuffer(x).ptr` that is before the call reading through the pointer — so each scope keeps its
+/// buffers in one `Buffers` held to the end (`defer { withExtendedLifetime(buf) {} }`).
+final class Buffers {
+    private var held: [FloatBuffer] = []
+    func callAsFunction(_ values: [Float]) -> FloatBuffer {
+        let b = FloatBuffer(values)
+        held.append(b)
+        return b
+    }
+    func callAsFunction(count: Int) -> FloatBuffer {
+        let b = FloatBuffer(count: count)
+        held.append(b)
+        return b
+    }
+}
+
 /// Σ w[r, c] · v[r·ld + c] over a `(rows, cols)` block of rows with stride `ld`, accumulated in Double: a random
 /// linear functional of a layer's output, so that its gradient (the upstream `dout`) is the random matrix `w`.
 func linearFunctional(_ v: UnsafePointer<Float>, ld: Int, rows: Int, cols: Int, _ w: [Float]) -> Double {
@@ -15,8 +32,8 @@ func linearFunctional(_ v: UnsafePointer<Float>, ld: Int, rows: Int, cols: Int, 
 
 /// `w` `(rows, cols)` spread over rows of stride `ld`; the padding columns hold large values a correct kernel never
 /// reads.
-func stridedUpstream(_ w: [Float], rows: Int, cols: Int, ld: Int) -> FloatBuffer {
-    let out = FloatBuffer(count: rows * ld)
+func stridedUpstream(_ w: [Float], rows: Int, cols: Int, ld: Int, in buf: Buffers) -> FloatBuffer {
+    let out = buf(count: rows * ld)
     for i in 0..<(rows * ld) { out[i] = 1e3 }
     for r in 0..<rows { for c in 0..<cols { out[r * ld + c] = w[r * cols + c] } }
     return out
@@ -74,6 +91,9 @@ func checkGradient(_ label: String, _ x: inout [Float], analytic: [Float], indic
         if !(err <= atol + rtol * abs(an)), bad.count < 5 { bad.append("[\(i)] fd \(fd) vs analytic \(an)") }
     }
     #expect(bad.isEmpty, "\(label): \(bad.joined(separator: "; "))", sourceLocation: sourceLocation)
+    if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
+        print(String(format: "GC %@ abs %.2e rel %.2e", label, result.worstAbs, result.relative))
+    }
     return result
 }
 
@@ -114,6 +134,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
 @Suite struct LayerGradientTests {
     @Test(arguments: [false, true])
     func linear(bias: Bool) {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let (M, I, O) = (7, 5, 6)
         let (ldi, ldo) = (I + 3, O + 2)  // column slices of wider matrices, as in_proj/x_proj use them
         var inp = randomFloats(M * ldi, seed: 1)
@@ -121,16 +143,18 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         var b = randomFloats(O, seed: 3)
         let w = randomFloats(M * O, seed: 4)
         func loss(_ inp: [Float], _ weight: [Float], _ b: [Float]) -> Double {
-            let out = FloatBuffer(count: M * ldo)
-            let (xi, wt, bb) = (FloatBuffer(inp), FloatBuffer(weight), FloatBuffer(b))
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            let out = buf(count: M * ldo)
+            let (xi, wt, bb) = (buf(inp), buf(weight), buf(b))
             Linear.forward(out: out.ptr, ldo: ldo, inp: xi.ptr, ldi: ldi, weight: wt.ptr, bias: bias ? bb.ptr : nil,
                            M: M, I: I, O: O)
             return linearFunctional(out.ptr, ld: ldo, rows: M, cols: O, w)
         }
-        let dout = stridedUpstream(w, rows: M, cols: O, ld: ldo)
+        let dout = stridedUpstream(w, rows: M, cols: O, ld: ldo, in: buf)
         let (dinp0, dW0, db0) = (randomFloats(M * ldi, seed: 5), randomFloats(O * I, seed: 6), randomFloats(O, seed: 7))
-        let (dinp, dW, db) = (FloatBuffer(dinp0), FloatBuffer(dW0), FloatBuffer(db0))
-        let (xi, wt) = (FloatBuffer(inp), FloatBuffer(weight))
+        let (dinp, dW, db) = (buf(dinp0), buf(dW0), buf(db0))
+        let (xi, wt) = (buf(inp), buf(weight))
         Linear.backward(dinp: dinp.ptr, lddi: ldi, dweight: dW.ptr, dbias: bias ? db.ptr : nil, dout: dout.ptr,
                         lddo: ldo, inp: xi.ptr, ldi: ldi, weight: wt.ptr, M: M, I: I, O: O)
         let valid = blockIndices(rows: M, cols: I, ld: ldi)
@@ -149,20 +173,24 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     }
 
     @Test func embedding() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let (V, D, M) = (10, 4, 12)
         var weight = randomFloats(V * D, seed: 11)
         let ids: [Int32] = [3, 1, 3, 7, 0, 9, 3, 1, 5, 5, 2, 7]  // repeats, and rows 4, 6, 8 unused
         precondition(ids.count == M)
         let w = randomFloats(M * D, seed: 12)
         func loss(_ weight: [Float]) -> Double {
-            let out = FloatBuffer(count: M * D)
-            let wt = FloatBuffer(weight)
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            let out = buf(count: M * D)
+            let wt = buf(weight)
             ids.withUnsafeBufferPointer { Embedding.forward(out: out.ptr, ids: $0.baseAddress!, weight: wt.ptr, M: M, D: D, V: V) }
             return linearFunctional(out.ptr, ld: D, rows: M, cols: D, w)
         }
         let dW0 = randomFloats(V * D, seed: 13)
-        let dW = FloatBuffer(dW0)
-        let dout = FloatBuffer(w)
+        let dW = buf(dW0)
+        let dout = buf(w)
         ids.withUnsafeBufferPointer {
             Embedding.backward(dweight: dW.ptr, dout: dout.ptr, ids: $0.baseAddress!, M: M, D: D)
         }
@@ -174,6 +202,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     }
 
     @Test func rmsNorm() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let (M, D) = (5, 12)
         let eps: Float = 1e-5
         var inp = randomFloats(M * D, seed: 21)
@@ -181,17 +211,19 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         var weight = randomFloats(D, seed: 22).map { 1 + 0.3 * $0 }
         let w = randomFloats(M * D, seed: 23)
         func loss(_ inp: [Float], _ weight: [Float]) -> Double {
-            let out = FloatBuffer(count: M * D)
-            let (xi, wt) = (FloatBuffer(inp), FloatBuffer(weight))
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            let out = buf(count: M * D)
+            let (xi, wt) = (buf(inp), buf(weight))
             RMSNorm.forward(out: out.ptr, rstd: nil, inp: xi.ptr, weight: wt.ptr, M: M, D: D, eps: eps)
             return linearFunctional(out.ptr, ld: D, rows: M, cols: D, w)
         }
-        let (xi, wt) = (FloatBuffer(inp), FloatBuffer(weight))
-        let out = FloatBuffer(count: M * D), rstd = FloatBuffer(count: M)
+        let (xi, wt) = (buf(inp), buf(weight))
+        let out = buf(count: M * D), rstd = buf(count: M)
         RMSNorm.forward(out: out.ptr, rstd: rstd.ptr, inp: xi.ptr, weight: wt.ptr, M: M, D: D, eps: eps)
         let (dx0, dW0) = (randomFloats(M * D, seed: 24), randomFloats(D, seed: 25))
-        let (dx, dW) = (FloatBuffer(dx0), FloatBuffer(dW0))
-        RMSNorm.backward(dinp: dx.ptr, dweight: dW.ptr, dout: FloatBuffer(w).ptr, inp: xi.ptr, rstd: rstd.ptr,
+        let (dx, dW) = (buf(dx0), buf(dW0))
+        RMSNorm.backward(dinp: dx.ptr, dweight: dW.ptr, dout: buf(w).ptr, inp: xi.ptr, rstd: rstd.ptr,
                          weight: wt.ptr, M: M, D: D)
         // Smooth, but the small row has rstd ≈ 6 so its curvature is large: h = 1e-3 there is still ≪ its norm
         // (≈ 0.05·√D·... ≈ 0.17); truncation ~h²·f‴ stays below 1e-4 of the gradient scale.
@@ -203,6 +235,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
 
     @Test(arguments: [1, 2, 3, 4])
     func causalConv1d(K: Int) {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let (B, L, ED) = (2, 6, 5)
         let ldx = 2 * ED + 1  // x is the first half of in_proj's [x | z] rows, plus one more column
         var x = randomFloats(B * L * ldx, seed: 31)
@@ -210,8 +244,10 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         var bias = randomFloats(ED, seed: 33)
         let w = randomFloats(B * L * ED, seed: 34)
         func loss(_ x: [Float], _ weight: [Float], _ bias: [Float], withBias: Bool) -> Double {
-            let out = FloatBuffer(count: B * L * ED)
-            let (xb, wt, bb) = (FloatBuffer(x), FloatBuffer(weight), FloatBuffer(bias))
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            let out = buf(count: B * L * ED)
+            let (xb, wt, bb) = (buf(x), buf(weight), buf(bias))
             CausalConv1d.forward(out: out.ptr, x: xb.ptr, ldx: ldx, weight: wt.ptr, bias: withBias ? bb.ptr : nil,
                                  context: nil, B: B, L: L, ED: ED, K: K)
             return linearFunctional(out.ptr, ld: ED, rows: B * L, cols: ED, w)
@@ -220,10 +256,10 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         for withBias in [true, false] {
             let (dx0, dW0, db0) = (randomFloats(B * L * ldx, seed: 35), randomFloats(ED * K, seed: 36),
                                    randomFloats(ED, seed: 37))
-            let (dx, dW, db) = (FloatBuffer(dx0), FloatBuffer(dW0), FloatBuffer(db0))
+            let (dx, dW, db) = (buf(dx0), buf(dW0), buf(db0))
             CausalConv1d.backward(dx: dx.ptr, lddx: ldx, dweight: dW.ptr, dbias: withBias ? db.ptr : nil,
-                                  dout: FloatBuffer(w).ptr, x: FloatBuffer(x).ptr, ldx: ldx,
-                                  weight: FloatBuffer(weight).ptr, B: B, L: L, ED: ED, K: K)
+                                  dout: buf(w).ptr, x: buf(x).ptr, ldx: ldx,
+                                  weight: buf(weight).ptr, B: B, L: L, ED: ED, K: K)
             expectUntouched("conv K=\(K) dx", dx.array, dx0, inside: valid)
             if !withBias { #expect(db.array == db0, "conv dbias written although nil was passed") }
             // Bilinear in (x, weight): exact up to output rounding (≈1e-5 here).
@@ -241,18 +277,22 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     }
 
     @Test func silu() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let n = 37  // two full SIMD vectors and a tail of 5
         var x = randomFloats(n, seed: 41, scale: 4)
         x[0] = 0; x[1] = -30; x[2] = 30
         let w = randomFloats(n, seed: 42)
         func loss(_ x: [Float]) -> Double {
-            let out = FloatBuffer(count: n)
-            Activations.siluForward(out: out.ptr, inp: FloatBuffer(x).ptr, count: n)
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            let out = buf(count: n)
+            Activations.siluForward(out: out.ptr, inp: buf(x).ptr, count: n)
             return linearFunctional(out.ptr, ld: n, rows: 1, cols: n, w)
         }
         let d0 = randomFloats(n, seed: 43)
-        let d = FloatBuffer(d0)
-        Activations.siluBackward(dinp: d.ptr, dout: FloatBuffer(w).ptr, inp: FloatBuffer(x).ptr, count: n)
+        let d = buf(d0)
+        Activations.siluBackward(dinp: d.ptr, dout: buf(w).ptr, inp: buf(x).ptr, count: n)
         let g = added(d.array, d0)
         // Elementwise: one output moves per perturbation; rounding ≈ 1e-7·|x|/2h ≈ 1e-5, truncation h²·f‴/6 ≈ 2e-6.
         checkGradient("silu", &x, analytic: g, indices: Array(0..<n), h: 1e-2, atol: 1e-4, rtol: 1e-4) { loss($0) }
@@ -260,13 +300,15 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         let m = 9000
         let xs = (0..<m).map { Float($0 - m / 2) * 0.005 }
         let ones = [Float](repeating: 1, count: m)
-        let dm = FloatBuffer(count: m)
-        Activations.siluBackward(dinp: dm.ptr, dout: FloatBuffer(ones).ptr, inp: FloatBuffer(xs).ptr, count: m)
+        let dm = buf(count: m)
+        Activations.siluBackward(dinp: dm.ptr, dout: buf(ones).ptr, inp: buf(xs).ptr, count: m)
         // The vector derivative uses the polynomial exp (≈2 ulp): a few ulp of |SiLU′| ≤ 1.1.
         expectClose("siluBackward vs siluGrad", dm.array, xs.map { siluGrad($0) }, atol: 1e-6, rtol: 1e-6)
     }
 
     @Test func softplus() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let n = 45
         // Typical Δ pre-activations (dt bias ≈ softplus⁻¹(1e-3 … 1e-1) ≈ −7 … −2) up to the linear region above 20;
         // no point within h of the threshold, where PyTorch's softplus has a 2e-9 jump.
@@ -274,35 +316,41 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         for i in 0..<n where abs(pre[i] - 20) < 0.1 { pre[i] = 20.5 }
         let w = randomFloats(n, seed: 51)
         func loss(_ pre: [Float]) -> Double {
-            let v = FloatBuffer(pre)
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            let v = buf(pre)
             Activations.softplusInPlace(v.ptr, count: n)
             return linearFunctional(v.ptr, ld: n, rows: 1, cols: n, w)
         }
-        let delta = FloatBuffer(pre)
+        let delta = buf(pre)
         Activations.softplusInPlace(delta.ptr, count: n)
         let d0 = randomFloats(n, seed: 52)
-        let d = FloatBuffer(d0)
-        Activations.softplusBackward(dpre: d.ptr, ddelta: FloatBuffer(w).ptr, delta: delta.ptr, count: n)
+        let d = buf(d0)
+        Activations.softplusBackward(dpre: d.ptr, ddelta: buf(w).ptr, delta: delta.ptr, count: n)
         // Elementwise; in the linear region the outputs are ~25, so rounding ≈ 25·6e-8/2h ≈ 8e-5 with h = 1e-2.
         checkGradient("softplus", &pre, analytic: added(d.array, d0), indices: Array(0..<n), h: 1e-2,
                       atol: 2e-4, rtol: 1e-3) { loss($0) }
     }
 
     @Test func gate() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let (M, C) = (5, 20)  // C: one full vector and a tail of 4
         let ldz = 2 * C + 3, lddz = 2 * C + 5
         var y = randomFloats(M * C, seed: 61)
         var z = randomFloats(M * ldz, seed: 62, scale: 3)
         let w = randomFloats(M * C, seed: 63)
         func loss(_ y: [Float], _ z: [Float]) -> Double {
-            let out = FloatBuffer(count: M * C)
-            Activations.gateForward(out: out.ptr, y: FloatBuffer(y).ptr, z: FloatBuffer(z).ptr, ldz: ldz, M: M, C: C)
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            let out = buf(count: M * C)
+            Activations.gateForward(out: out.ptr, y: buf(y).ptr, z: buf(z).ptr, ldz: ldz, M: M, C: C)
             return linearFunctional(out.ptr, ld: C, rows: M, cols: C, w)
         }
         let (dy0, dz0) = (randomFloats(M * C, seed: 64), randomFloats(M * lddz, seed: 65))
-        let (dy, dz) = (FloatBuffer(dy0), FloatBuffer(dz0))
-        Activations.gateBackward(dy: dy.ptr, dz: dz.ptr, lddz: lddz, dout: FloatBuffer(w).ptr, y: FloatBuffer(y).ptr,
-                                 z: FloatBuffer(z).ptr, ldz: ldz, M: M, C: C)
+        let (dy, dz) = (buf(dy0), buf(dz0))
+        Activations.gateBackward(dy: dy.ptr, dz: dz.ptr, lddz: lddz, dout: buf(w).ptr, y: buf(y).ptr,
+                                 z: buf(z).ptr, ldz: ldz, M: M, C: C)
         expectUntouched("gate dz", dz.array, dz0, inside: blockIndices(rows: M, cols: C, ld: lddz))
         // dz is scattered with stride lddz, z read with stride ldz: map dz's rows onto z's layout.
         let gdz = added(dz.array, dz0)
@@ -316,17 +364,21 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     }
 
     @Test func crossEntropy() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let (M, V) = (6, 7)
         var logits = randomFloats(M * V, seed: 71, scale: 2)
         let targets: [Int32] = [3, CrossEntropy.ignoreIndex, 0, 6, CrossEntropy.ignoreIndex, 2]
         let scale: Float = 0.37
         func run(_ logits: [Float], dlogits: FloatBuffer?) -> (sum: Double, count: Int) {
-            targets.withUnsafeBufferPointer {
-                CrossEntropy.forwardBackward(logits: FloatBuffer(logits).ptr, targets: $0.baseAddress!, M: M, V: V,
+            let buf = Buffers()
+            defer { withExtendedLifetime(buf) {} }
+            return targets.withUnsafeBufferPointer {
+                CrossEntropy.forwardBackward(logits: buf(logits).ptr, targets: $0.baseAddress!, M: M, V: V,
                                              dlogits: dlogits?.ptr, scale: scale)
             }
         }
-        let dl = FloatBuffer(randomFloats(M * V, seed: 72))  // overwritten, not accumulated
+        let dl = buf(randomFloats(M * V, seed: 72))  // overwritten, not accumulated
         let (sum, count) = run(logits, dlogits: dl)
         #expect(count == 4)
         // The NLL from its definition, in Double.
@@ -341,7 +393,7 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         checkGradient("cross-entropy dlogits", &logits, analytic: dl.array, indices: Array(0..<(M * V)), h: 1e-2,
                       atol: 1e-5, rtol: 1e-4) { Double(scale) * run($0, dlogits: nil).sum }
         // In place (the model writes dlogits over its logits): the same loss and gradient.
-        let inPlace = FloatBuffer(logits)
+        let inPlace = buf(logits)
         let (sum2, count2) = targets.withUnsafeBufferPointer {
             CrossEntropy.forwardBackward(logits: inPlace.ptr, targets: $0.baseAddress!, M: M, V: V,
                                          dlogits: inPlace.ptr, scale: scale)
@@ -360,21 +412,23 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     @Test(arguments: [LinearShape(M: 1, I: 3, O: 5, padI: 0, padO: 0), LinearShape(M: 37, I: 16, O: 64, padI: 0, padO: 0),
                       LinearShape(M: 50, I: 33, O: 17, padI: 7, padO: 3), LinearShape(M: 128, I: 64, O: 40, padI: 24, padO: 64)])
     func linearAgainstReference(shape: LinearShape) {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let (M, I, O) = (shape.M, shape.I, shape.O)
         let (ldi, ldo) = (I + shape.padI, O + shape.padO)
-        let inp = FloatBuffer(randomFloats(M * ldi, seed: 81)), weight = FloatBuffer(randomFloats(O * I, seed: 82))
-        let bias = FloatBuffer(randomFloats(O, seed: 83))
-        let dout = FloatBuffer(randomFloats(M * ldo, seed: 84))
-        let absIn = FloatBuffer(inp.array.map(abs)), absW = FloatBuffer(weight.array.map(abs))
-        let absB = FloatBuffer(bias.array.map(abs)), absDout = FloatBuffer(dout.array.map(abs))
+        let inp = buf(randomFloats(M * ldi, seed: 81)), weight = buf(randomFloats(O * I, seed: 82))
+        let bias = buf(randomFloats(O, seed: 83))
+        let dout = buf(randomFloats(M * ldo, seed: 84))
+        let absIn = buf(inp.array.map(abs)), absW = buf(weight.array.map(abs))
+        let absB = buf(bias.array.map(abs)), absDout = buf(dout.array.map(abs))
         for withBias in [false, true] {
-            let fast = FloatBuffer(randomFloats(M * ldo, seed: 85)), ref = FloatBuffer(fast.array)
+            let fast = buf(randomFloats(M * ldo, seed: 85)), ref = buf(fast.array)
             Linear.forward(out: fast.ptr, ldo: ldo, inp: inp.ptr, ldi: ldi, weight: weight.ptr,
                            bias: withBias ? bias.ptr : nil, M: M, I: I, O: O)
             Linear.forwardReference(out: ref.ptr, ldo: ldo, inp: inp.ptr, ldi: ldi, weight: weight.ptr,
                                     bias: withBias ? bias.ptr : nil, M: M, I: I, O: O)
             // Σ|x·w| + |b| per output: the magnitude the rounding bound scales with.
-            let mag = FloatBuffer(count: M * ldo)
+            let mag = buf(count: M * ldo)
             Linear.forwardReference(out: mag.ptr, ldo: ldo, inp: absIn.ptr, ldi: ldi, weight: absW.ptr,
                                     bias: withBias ? absB.ptr : nil, M: M, I: I, O: O)
             let outIdx = blockIndices(rows: M, cols: O, ld: ldo)
@@ -382,17 +436,17 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
                                  magnitude: outIdx.map { mag[$0] }, terms: I + 1)
             expectUntouched("\(shape) forward padding", fast.array, ref.array, inside: outIdx)
 
-            let (dx1, dW1, db1) = (FloatBuffer(randomFloats(M * ldi, seed: 86)), FloatBuffer(randomFloats(O * I, seed: 87)),
-                                   FloatBuffer(randomFloats(O, seed: 88)))
-            let (dx2, dW2, db2) = (FloatBuffer(dx1.array), FloatBuffer(dW1.array), FloatBuffer(db1.array))
+            let (dx1, dW1, db1) = (buf(randomFloats(M * ldi, seed: 86)), buf(randomFloats(O * I, seed: 87)),
+                                   buf(randomFloats(O, seed: 88)))
+            let (dx2, dW2, db2) = (buf(dx1.array), buf(dW1.array), buf(db1.array))
             Linear.backward(dinp: dx1.ptr, lddi: ldi, dweight: dW1.ptr, dbias: withBias ? db1.ptr : nil, dout: dout.ptr,
                             lddo: ldo, inp: inp.ptr, ldi: ldi, weight: weight.ptr, M: M, I: I, O: O)
             Linear.backwardReference(dinp: dx2.ptr, lddi: ldi, dweight: dW2.ptr, dbias: withBias ? db2.ptr : nil,
                                      dout: dout.ptr, lddo: ldo, inp: inp.ptr, ldi: ldi, weight: weight.ptr,
                                      M: M, I: I, O: O)
             // Magnitudes: the reference backward on absolute values, plus the |initial value| accumulated onto.
-            let (mx, mW, mb) = (FloatBuffer(randomFloats(M * ldi, seed: 86).map(abs)),
-                                FloatBuffer(randomFloats(O * I, seed: 87).map(abs)), FloatBuffer(randomFloats(O, seed: 88).map(abs)))
+            let (mx, mW, mb) = (buf(randomFloats(M * ldi, seed: 86).map(abs)),
+                                buf(randomFloats(O * I, seed: 87).map(abs)), buf(randomFloats(O, seed: 88).map(abs)))
             Linear.backwardReference(dinp: mx.ptr, lddi: ldi, dweight: mW.ptr, dbias: mb.ptr, dout: absDout.ptr,
                                      lddo: ldo, inp: absIn.ptr, ldi: ldi, weight: absW.ptr, M: M, I: I, O: O)
             let inIdx = blockIndices(rows: M, cols: I, ld: ldi)
@@ -406,15 +460,17 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
 
     @Test(arguments: [1, 2, 3, 4])
     func causalConv1dAgainstReference(K: Int) {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let ED = 21
         let ldx = 2 * ED
         for (B, L) in [(1, 1), (2, 2), (3, 9), (2, 40)] {
-            let x = FloatBuffer(randomFloats(B * L * ldx, seed: 91))
-            let weight = FloatBuffer(randomFloats(ED * K, seed: 92)), bias = FloatBuffer(randomFloats(ED, seed: 93))
-            let context = FloatBuffer(randomFloats(B * max(K - 1, 1) * ED, seed: 94))
+            let x = buf(randomFloats(B * L * ldx, seed: 91))
+            let weight = buf(randomFloats(ED * K, seed: 92)), bias = buf(randomFloats(ED, seed: 93))
+            let context = buf(randomFloats(B * max(K - 1, 1) * ED, seed: 94))
             for withContext in [false, true] {
                 for withBias in [false, true] {
-                    let fast = FloatBuffer(count: B * L * ED), ref = FloatBuffer(count: B * L * ED)
+                    let fast = buf(count: B * L * ED), ref = buf(count: B * L * ED)
                     let ctx: UnsafePointer<Float>? = withContext ? UnsafePointer(context.ptr) : nil
                     CausalConv1d.forward(out: fast.ptr, x: x.ptr, ldx: ldx, weight: weight.ptr,
                                          bias: withBias ? bias.ptr : nil, context: ctx, B: B, L: L, ED: ED, K: K)
@@ -429,19 +485,19 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
             // a chunk is exactly the last K−1 inputs before it. Split the sequence at t = s and compare.
             if K > 1, L >= 2 {
                 let s = L / 2
-                let whole = FloatBuffer(count: B * L * ED)
+                let whole = buf(count: B * L * ED)
                 CausalConv1d.forward(out: whole.ptr, x: x.ptr, ldx: ldx, weight: weight.ptr, bias: bias.ptr,
                                      context: nil, B: B, L: L, ED: ED, K: K)
-                let zero = FloatBuffer(count: B * (K - 1) * ED)
-                let ctx = FloatBuffer(count: B * (K - 1) * ED)
+                let zero = buf(count: B * (K - 1) * ED)
+                let ctx = buf(count: B * (K - 1) * ED)
                 // the first chunk: x[:, 0..<s]
-                let x1 = FloatBuffer(count: B * s * ldx), x2 = FloatBuffer(count: B * (L - s) * ldx)
+                let x1 = buf(count: B * s * ldx), x2 = buf(count: B * (L - s) * ldx)
                 for b in 0..<B {
                     (x1.ptr + b * s * ldx).update(from: x.ptr + b * L * ldx, count: s * ldx)
                     (x2.ptr + b * (L - s) * ldx).update(from: x.ptr + (b * L + s) * ldx, count: (L - s) * ldx)
                 }
                 CausalConv1d.nextContext(into: ctx.ptr, x: x1.ptr, ldx: ldx, context: zero.ptr, B: B, L: s, ED: ED, K: K)
-                let out2 = FloatBuffer(count: B * (L - s) * ED)
+                let out2 = buf(count: B * (L - s) * ED)
                 CausalConv1d.forward(out: out2.ptr, x: x2.ptr, ldx: ldx, weight: weight.ptr, bias: bias.ptr,
                                      context: ctx.ptr, B: B, L: L - s, ED: ED, K: K)
                 var want: [Float] = []
@@ -455,6 +511,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     // MARK: Vector math
 
     @Test func expSIMDAgainstLibm() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         // A dense grid over [−100, 10]: 2²⁰ + points, 16 lanes at a time, against exp in Double.
         let n = 1 << 20
         var worstRel = 0.0
@@ -503,6 +561,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     }
 
     @Test func siluSIMDAgainstScalar() {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
         let n = 1 << 18
         var worst: Float = 0
         var worstAt: Float = 0
@@ -513,11 +573,11 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
             let s = siluSIMD(v), g = sigmoidSIMD(v)
             for l in 0..<16 {
                 let x = v[l]
-                let want = silu(x)
+                let want = MambaKit.silu(x)
                 // relative error of a few ulp: exp (≈2 ulp), the add and the division.
                 let e = abs(s[l] - want) / max(abs(want), Float.leastNormalMagnitude)
                 if e > worst { worst = e; worstAt = x }
-                let ws = sigmoid(x)
+                let ws = MambaKit.sigmoid(x)
                 #expect(abs(g[l] - ws) <= 4 * Float.ulpOfOne * ws + 1e-37, "sigmoidSIMD(\(x)) = \(g[l]) vs \(ws)")
             }
             i += 16

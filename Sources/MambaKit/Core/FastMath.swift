@@ -10,9 +10,12 @@ public typealias F16x = SIMD16<Float>
 public func expSIMD(_ x: F16x) -> F16x {
     let lo: Float = -87.33654
     let hi: Float = 88.37626
-    let xc = x.clamped(lowerBound: F16x(repeating: lo), upperBound: F16x(repeating: hi))
-    let k = (xc * 1.442695040888963).rounded(.toNearestOrEven)
-    var r = xc - k * 0.693359375
+    // k = round(x·log2 e) by the 1.5·2^23 trick: adding it rounds to nearest-even in the FPU and leaves k in the
+    // low mantissa bits, so both the float k and the integer k come without (slow, per-lane) conversions.
+    let magic: Float = 12_582_912
+    let t = x * 1.442695040888963 + magic
+    let k = t - magic
+    var r = x - k * 0.693359375
     r = r - k * (-2.12194440e-4)
     var p = F16x(repeating: 1.9875691500e-4)
     p = p * r + 1.3981999507e-3
@@ -20,13 +23,11 @@ public func expSIMD(_ x: F16x) -> F16x {
     p = p * r + 4.1665795894e-2
     p = p * r + 1.6666665459e-1
     p = p * r + 5.0000001201e-1
-    let r2 = r * r
-    p = p * r2 + r + 1
-    let ki = SIMD16<Int32>(k, rounding: .towardZero)
-    let scaleBits = (ki &+ 127) &<< 23
-    let scale = unsafeBitCast(scaleBits, to: F16x.self)
-    let result = p * scale
-    return result.replacing(with: 0, where: x .< lo)
+    p = p * (r * r) + r + 1
+    let ki = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
+    let scale = unsafeBitCast((ki &+ 127) &<< 23, to: F16x.self)
+    // Outside [lo, hi] the exponent bits would wrap: underflow is exactly 0, overflow +inf.
+    return (p * scale).replacing(with: 0, where: x .< lo).replacing(with: .infinity, where: x .> hi)
 }
 
 /// SiLU of 16 lanes: x·sigmoid(x) = x / (1 + e^−x).

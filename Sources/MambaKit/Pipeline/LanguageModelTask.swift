@@ -1,0 +1,148 @@
+import Foundation
+
+/// The language-model task end to end, shared by the `train`/`eval`/`generate` commands and by pipelines:
+/// read data in a format, build or load a model, train, evaluate exactly, generate.
+public enum DataFormat: String, CaseIterable, Sendable {
+    case bytes, fasta, audio
+
+    func unsupported() -> MambaKitError {
+        MambaKitError(.usage, "format '\(rawValue)' is not available in this version of mambakit (use --format bytes)")
+    }
+}
+
+/// Model shape chosen on the command line or in a pipeline; nil fields take the defaults.
+public struct ModelSpec: Equatable, Sendable {
+    public var dModel: Int?
+    public var layers: Int?
+    public var dState: Int?
+    public var dConv: Int?
+    public var expand: Double?
+    public var dtRank: Int?
+    public var tie: Bool?
+    public init() {}
+
+    /// Fills unset fields from `other`.
+    public func merged(over other: ModelSpec) -> ModelSpec {
+        var m = self
+        m.dModel = dModel ?? other.dModel
+        m.layers = layers ?? other.layers
+        m.dState = dState ?? other.dState
+        m.dConv = dConv ?? other.dConv
+        m.expand = expand ?? other.expand
+        m.dtRank = dtRank ?? other.dtRank
+        m.tie = tie ?? other.tie
+        return m
+    }
+
+    public func config(vocabSize: Int) throws -> MambaConfig {
+        let c = MambaConfig(vocabSize: vocabSize, dModel: dModel ?? 256, layers: layers ?? 4, dState: dState ?? 16,
+                            dConv: dConv ?? 4, expand: expand ?? 2, dtRank: dtRank, tie: tie ?? true)
+        guard c.intermediateSize > 0 else { throw MambaKitError(.usage, "d_model × expand must be at least 1") }
+        try c.validate()
+        return c
+    }
+}
+
+public enum LanguageModelTask {
+    /// Loads training streams for `format`; returns the corpus and a fingerprint (paths and sizes).
+    public static func corpus(format: DataFormat, paths: [String], valFraction: Double) throws -> (TokenCorpus, [String]) {
+        guard !paths.isEmpty else { throw MambaKitError(.usage, "no --data given") }
+        guard valFraction >= 0 && valFraction < 1 else {
+            throw MambaKitError(.usage, "--val-fraction must be in [0, 1) (got \(valFraction))")
+        }
+        switch format {
+        case .bytes:
+            var streams: [(name: String, tokens: [Int32])] = []
+            var fp: [String] = []
+            for p in expandPaths(paths) {
+                let bytes = try FileInput.readBytes(p)
+                streams.append((p, ByteTokenizer.encode(bytes)))
+                fp.append("\(p):\(bytes.count)")
+            }
+            guard !streams.isEmpty else { throw MambaKitError(.usage, "no files found in --data", at: paths.joined(separator: ", ")) }
+            return (try TokenCorpus(streams: streams, valFraction: valFraction), fp)
+        case .fasta, .audio:
+            throw format.unsupported()
+        }
+    }
+
+    /// Files named directly, or every regular file (sorted, hidden ones skipped) of a named directory.
+    public static func expandPaths(_ paths: [String]) -> [String] {
+        var out: [String] = []
+        for p in paths {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), isDir.boolValue {
+                let names = ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).sorted()
+                for n in names where !n.hasPrefix(".") {
+                    var sub: ObjCBool = false
+                    let full = p + "/" + n
+                    if FileManager.default.fileExists(atPath: full, isDirectory: &sub), !sub.boolValue { out.append(full) }
+                }
+            } else {
+                out.append(p)
+            }
+        }
+        return out
+    }
+
+    /// Trains (or resumes) a model on `data`, writing the run directory `out`.
+    public static func train(format: DataFormat, data: [String], out: String, model spec: ModelSpec,
+                             options: Trainer.Options, valFraction: Double, resume: Bool,
+                             events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> Trainer {
+        let (corpus, fp) = try corpus(format: format, paths: data, valFraction: valFraction)
+        var config = try spec.config(vocabSize: ByteTokenizer.vocabSize)
+        config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
+        guard options.steps > 0, options.batchSize > 0, options.seqLen > 0 else {
+            throw MambaKitError(.usage, "--steps, --batch-size and --seq-len must be positive")
+        }
+        guard options.lr > 0, options.lr.isFinite else { throw MambaKitError(.usage, "--lr must be positive") }
+        let model: MambaModel
+        if resume {
+            model = try MambaModel(config: config)
+        } else {
+            if FileManager.default.fileExists(atPath: out + "/checkpoints/latest") {
+                throw MambaKitError(.usage, "the output directory already holds a training run; pass --resume to continue it or choose another --out", at: out)
+            }
+            model = try MambaModel(config: config, seed: options.seed)
+        }
+        let trainer = Trainer(model: model, corpus: corpus, options: options, outDir: out, dataFingerprint: fp)
+        if resume { try trainer.resume() }
+        try trainer.run(events: events, shouldStop: shouldStop)
+        return trainer
+    }
+
+    public struct EvalReport: Sendable {
+        public var result: Evaluator.Result
+        public var format: DataFormat
+        public var seconds: Double
+        public var json: [String: Any] {
+            var o: [String: Any] = ["loss": result.meanLoss, "bits_per_token": result.bitsPerToken,
+                                    "tokens": result.count, "seconds": seconds]
+            if format == .bytes { o["bits_per_byte"] = result.bitsPerToken }
+            return o
+        }
+    }
+
+    /// Exact NLL of the whole file, streamed in constant memory.
+    public static func evaluate(model: MambaModel, path: String, format: DataFormat, chunk: Int = 2048,
+                                progress: ((Int) -> Void)? = nil) throws -> EvalReport {
+        guard format == .bytes else { throw format.unsupported() }
+        try FileInput.checkFile(path)
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw MambaKitError(.io, "cannot open", at: path) }
+        defer { try? fh.close() }
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        var any = false
+        let r = try Evaluator.nll(model: model, chunk: chunk, progress: progress) { maxCount in
+            let d: Data
+            do { d = try fh.read(upToCount: maxCount) ?? Data() } catch {
+                throw MambaKitError(.io, "read failed: \(ioReason(error))", at: path)
+            }
+            if !d.isEmpty { any = true }
+            return d.map { Int32($0) }
+        }
+        guard any else { throw MambaKitError(.io, "file is empty", at: path) }
+        guard r.count > 0 else { throw MambaKitError(.usage, "file has a single token: nothing to predict", at: path) }
+        return EvalReport(result: r, format: format, seconds: seconds(clock.now - t0))
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import Yams
+
+/// A pipeline file (YAML): data → model → train → eval → generate, with outputs under `runs/<name>/`.
+///
+///     name: bytes-lm
+///     data:  { format: bytes, train: [samples/text/a.txt, ...], eval: samples/text/b.txt, val_fraction: 0.05 }
+///     model: { d_model: 128, layers: 2, d_state: 16, d_conv: 4, expand: 2 }
+///     train: { steps: 300, batch_size: 8, seq_len: 256, lr: 3e-3, warmup: 30, seed: 0, eval_every: 100, ... }
+///     generate: { prompt: "In the beginning", max_new_tokens: 200, temperature: 0.8, top_k: 0, top_p: 0.95, seed: 1 }
+///
+/// Relative paths are taken from the current directory. Every key is checked: a misspelt key is an error naming
+/// the file and the key, not a silently ignored setting. `mambakit train --config FILE` reads the `model`, `train`
+/// and `data` sections of the same format, with command-line flags taking precedence.
+public struct PipelineSpec {
+    public var name: String
+    public var format: DataFormat = .bytes
+    public var trainData: [String] = []
+    public var evalData: String?
+    public var valFraction: Double?
+    public var model = ModelSpec()
+    public var train = TrainSpec()
+    public var generate: GenerateSpec?
+    public var threads: Int?
+
+    /// Training options with nil meaning "not given".
+    public struct TrainSpec: Equatable, Sendable {
+        public var steps: Int?, batchSize: Int?, seqLen: Int?, lr: Double?, warmup: Int?, seed: Int?
+        public var weightDecay: Double?, gradClip: Double?, minLRRatio: Double?
+        public var evalEvery: Int?, evalTokens: Int?, checkpointEvery: Int?, logEvery: Int?
+        public init() {}
+
+        /// Options from `self`, falling back to `base`.
+        public func apply(to base: Trainer.Options) -> Trainer.Options {
+            var o = base
+            if let v = steps { o.steps = v }
+            if let v = batchSize { o.batchSize = v }
+            if let v = seqLen { o.seqLen = v }
+            if let v = lr { o.lr = v }
+            if let v = warmup { o.warmup = v }
+            if let v = seed { o.seed = UInt64(v) }
+            if let v = weightDecay { o.weightDecay = v }
+            if let v = gradClip { o.gradClip = v }
+            if let v = minLRRatio { o.minLRRatio = v }
+            if let v = evalEvery { o.evalEvery = v }
+            if let v = evalTokens { o.evalTokens = v }
+            if let v = checkpointEvery { o.checkpointEvery = v }
+            if let v = logEvery { o.logEvery = v }
+            return o
+        }
+    }
+
+    public struct GenerateSpec: Equatable, Sendable {
+        public var prompt: String = "\n"
+        public var maxNewTokens: Int = 256
+        public var temperature: Double = 1
+        public var topK: Int = 0
+        public var topP: Double = 1
+        public var seed: Int = 0
+    }
+
+    public init(name: String) { self.name = name }
+
+    public static func load(path: String) throws -> PipelineSpec {
+        let bytes = try FileInput.readBytes(path)
+        guard let text = String(bytes: bytes, encoding: .utf8) else {
+            throw MambaKitError(.format, "not UTF-8 text", at: path)
+        }
+        let root: Any?
+        do { root = try Yams.load(yaml: text) } catch {
+            throw MambaKitError(.format, "not valid YAML: \(error)", at: path)
+        }
+        guard let o = root as? [String: Any] else { throw MambaKitError(.format, "expected a mapping at the top level", at: path) }
+        return try PipelineSpec(yaml: o, path: path)
+    }
+
+    init(yaml o: [String: Any], path: String) throws {
+        let r = YAMLReader(path: path)
+        try r.allow(o, ["name", "data", "model", "train", "generate", "threads"], in: "top level")
+        let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+        name = try r.string(o, "name") ?? stem
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
+            throw MambaKitError(.config, "name must be a plain directory name (got '\(name)')", at: path)
+        }
+        threads = try r.int(o, "threads")
+        if let d = try r.map(o, "data") {
+            try r.allow(d, ["format", "train", "eval", "val_fraction"], in: "data")
+            if let f = try r.string(d, "format") {
+                guard let fmt = DataFormat(rawValue: f) else {
+                    throw MambaKitError(.config, "data.format '\(f)' is not one of \(DataFormat.allCases.map(\.rawValue).joined(separator: ", "))", at: path)
+                }
+                format = fmt
+            }
+            if let one = d["train"] as? String { trainData = [one] } else if d["train"] != nil {
+                guard let many = d["train"] as? [Any], many.allSatisfy({ $0 is String }) else {
+                    throw MambaKitError(.config, "data.train must be a path or a list of paths", at: path)
+                }
+                trainData = many as! [String]
+            }
+            evalData = try r.string(d, "eval")
+            valFraction = try r.double(d, "val_fraction")
+        }
+        if let m = try r.map(o, "model") {
+            try r.allow(m, ["d_model", "layers", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings"], in: "model")
+            model.dModel = try r.int(m, "d_model")
+            model.layers = try r.int(m, "layers")
+            model.dState = try r.int(m, "d_state")
+            model.dConv = try r.int(m, "d_conv")
+            model.expand = try r.double(m, "expand")
+            model.dtRank = try r.int(m, "dt_rank")
+            model.tie = try r.bool(m, "tie_embeddings")
+        }
+        if let t = try r.map(o, "train") {
+            try r.allow(t, ["steps", "batch_size", "seq_len", "lr", "warmup", "seed", "weight_decay", "grad_clip",
+                            "min_lr_ratio", "eval_every", "eval_tokens", "checkpoint_every", "log_every"], in: "train")
+            train.steps = try r.int(t, "steps")
+            train.batchSize = try r.int(t, "batch_size")
+            train.seqLen = try r.int(t, "seq_len")
+            train.lr = try r.double(t, "lr")
+            train.warmup = try r.int(t, "warmup")
+            train.seed = try r.int(t, "seed")
+            train.weightDecay = try r.double(t, "weight_decay")
+            train.gradClip = try r.double(t, "grad_clip")
+            train.minLRRatio = try r.double(t, "min_lr_ratio")
+            train.evalEvery = try r.int(t, "eval_every")
+            train.evalTokens = try r.int(t, "eval_tokens")
+            train.checkpointEvery = try r.int(t, "checkpoint_every")
+            train.logEvery = try r.int(t, "log_every")
+        }
+        if let g = try r.map(o, "generate") {
+            try r.allow(g, ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"], in: "generate")
+            var s = GenerateSpec()
+            s.prompt = try r.string(g, "prompt") ?? s.prompt
+            s.maxNewTokens = try r.int(g, "max_new_tokens") ?? s.maxNewTokens
+            s.temperature = try r.double(g, "temperature") ?? s.temperature
+            s.topK = try r.int(g, "top_k") ?? s.topK
+            s.topP = try r.double(g, "top_p") ?? s.topP
+            s.seed = try r.int(g, "seed") ?? s.seed
+            generate = s
+        }
+    }
+}
+
+/// Typed access to a YAML mapping with errors that name the file and key.
+struct YAMLReader {
+    let path: String
+
+    func allow(_ o: [String: Any], _ keys: Set<String>, in section: String) throws {
+        for k in o.keys where !keys.contains(k) {
+            throw MambaKitError(.config, "unknown key '\(k)' in \(section) (expected one of \(keys.sorted().joined(separator: ", ")))", at: path)
+        }
+    }
+
+    func map(_ o: [String: Any], _ k: String) throws -> [String: Any]? {
+        guard let v = o[k], !(v is NSNull) else { return nil }
+        guard let m = v as? [String: Any] else { throw MambaKitError(.config, "'\(k)' must be a mapping", at: path) }
+        return m
+    }
+
+    func string(_ o: [String: Any], _ k: String) throws -> String? {
+        guard let v = o[k], !(v is NSNull) else { return nil }
+        if let s = v as? String { return s }
+        throw MambaKitError(.config, "'\(k)' must be a string (got \(v))", at: path)
+    }
+
+    func int(_ o: [String: Any], _ k: String) throws -> Int? {
+        guard let v = o[k], !(v is NSNull) else { return nil }
+        if let i = v as? Int { return i }
+        throw MambaKitError(.config, "'\(k)' must be an integer (got \(v))", at: path)
+    }
+
+    func double(_ o: [String: Any], _ k: String) throws -> Double? {
+        guard let v = o[k], !(v is NSNull) else { return nil }
+        if let d = v as? Double { return d }
+        if let i = v as? Int { return Double(i) }
+        // YAML 1.1 reads "3e-3" (no dot) as a string; accept numeric strings.
+        if let s = v as? String, let d = Double(s) { return d }
+        throw MambaKitError(.config, "'\(k)' must be a number (got \(v))", at: path)
+    }
+
+    func bool(_ o: [String: Any], _ k: String) throws -> Bool? {
+        guard let v = o[k], !(v is NSNull) else { return nil }
+        if let b = v as? Bool { return b }
+        throw MambaKitError(.config, "'\(k)' must be true or false (got \(v))", at: path)
+    }
+}

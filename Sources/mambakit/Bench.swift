@@ -1,0 +1,181 @@
+import ArgumentParser
+import Foundation
+import MambaKit
+
+/// `mambakit bench`: the measurements of BENCHMARKS.md. Training throughput (forward + backward + AdamW) of the
+/// reference config, recurrent generation throughput at batch 1 and 16 for the reference config and the mamba-130m
+/// shape, this machine's memory bandwidth (the bound for batch-1 generation), and peak memory per measurement.
+/// With `--torch PYTHON`, scripts/bench_torch.py runs the PyTorch CPU reference in the same invocation.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Measure training and generation speed on this machine.")
+
+    @Flag(help: "Small sizes, for a smoke test.") var quick = false
+    @Option(name: .customLong("train-steps"), help: "Timed training steps.") var trainSteps: Int = 3
+    @Option(name: .customLong("gen-tokens"), help: "Generated tokens per measurement.") var genTokens: Int = 256
+    @Option(help: "Python interpreter with torch, transformers and mambapy: also run scripts/bench_torch.py.") var torch: String?
+    @Option(help: "Write the JSON results here as well.") var output: String?
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            var results: [[String: Any]] = []
+            let threads = Parallel.threads
+            let bw = measureBandwidth(megabytes: quick ? 256 : 1024)
+            printErr(String(format: "memory bandwidth (read): %.2f GB/s", bw / 1e9))
+
+            let reference = MambaConfig(vocabSize: 256, dModel: 256, layers: 4, dState: 16, dConv: 4, expand: 2)
+            let m130 = MambaConfig(vocabSize: 256, dModel: 768, layers: 24, dState: 16, dConv: 4, expand: 2)
+            let L = quick ? 256 : 2048
+            results.append(try benchTrain(config: reference, name: "reference", B: 4, L: L, steps: quick ? 1 : trainSteps))
+            let n = quick ? 32 : genTokens
+            for (cfg, name) in [(reference, "reference"), (m130, "mamba130m")] {
+                for b in [1, 16] {
+                    var r = try benchGenerate(config: cfg, name: name, batch: b, tokens: n)
+                    if b == 1 {
+                        let bytesPerToken = Double(cfg.parameterCount * 4)
+                        r["bandwidth_bound_tokens_per_s"] = bw / bytesPerToken
+                        r["fraction_of_bandwidth_bound"] = (r["tokens_per_s"] as! Double) / (bw / bytesPerToken)
+                    }
+                    results.append(r)
+                }
+            }
+            var doc: [String: Any] = ["mambakit": results, "threads": threads, "memory_bandwidth_gb_s": bw / 1e9,
+                                      "cpu": cpuName()]
+            if let py = torch {
+                printErr("running the PyTorch reference: \(py) scripts/bench_torch.py")
+                doc["torch"] = runTorch(python: py, threads: threads)
+            }
+            let data = try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys])
+            if let output { try AtomicFile.write(data + Data([10]), to: output) }
+            FileHandle.standardOutput.write(data + Data([10]))
+        }
+    }
+
+    func benchTrain(config: MambaConfig, name: String, B: Int, L: Int, steps: Int) throws -> [String: Any] {
+        resetPeakRSS()
+        let base = currentRSS()
+        let model = try MambaModel(config: config, seed: 0)
+        let opt = AdamW(layout: model.params.layout, hyper: .init())
+        let ws = Workspace(config: config, B: B, L: L, training: true)
+        var rng = RNG(seed: 1)
+        let ids = (0..<(B * L)).map { _ in Int32(rng.int(below: 256)) }
+        let targets = (0..<(B * L)).map { _ in Int32(rng.int(below: 256)) }
+        func step() {
+            model.zeroGradients()
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
+            ids.withUnsafeBufferPointer { i in targets.withUnsafeBufferPointer { t in
+                _ = model.backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws) } }
+            AdamW.clipGradients(model.grads, maxNorm: 1)
+            opt.update(params: model.params, grads: model.grads, lr: 1e-3)
+        }
+        step()  // warm-up
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        for _ in 0..<steps { step() }
+        let s = secs(clock.now - t0) / Double(steps)
+        let r: [String: Any] = ["impl": "mambakit", "task": "train", "config": name, "batch": B, "seq_len": L,
+                                "threads": Parallel.threads, "tokens_per_s": Double(B * L) / s, "seconds_per_step": s,
+                                "peak_rss_mb": Double(peakRSS()) / 1e6, "rss_increase_mb": Double(peakRSS() - base) / 1e6,
+                                "parameters": config.parameterCount]
+        printErr(String(format: "train %@ B=%d L=%d: %.0f tokens/s, %.3f s/step, peak RSS %.0f MB", name, B, L,
+                        Double(B * L) / s, s, Double(peakRSS()) / 1e6))
+        return r
+    }
+
+    func benchGenerate(config: MambaConfig, name: String, batch: Int, tokens: Int) throws -> [String: Any] {
+        resetPeakRSS()
+        let model = try MambaModel(config: config, seed: 0)
+        let gen = Generator(model: model, batch: batch)
+        var rng = RNG(seed: 2)
+        let prompts = (0..<batch).map { _ in (0..<16).map { _ in Int32(rng.int(below: 256)) } }
+        let sampler = try Sampler(temperature: 0)
+        var logits = try gen.prefill(prompts)
+        let V = config.vocabSize
+        var next = [Int32](repeating: 0, count: batch)
+        func pick(_ p: UnsafePointer<Float>) { for b in 0..<batch { next[b] = sampler.sample(p + b * V, V: V, rng: &rng) } }
+        logits.withUnsafeBufferPointer { pick($0.baseAddress!) }
+        // Warm-up steps, then timed steps; memory is checked to be constant in the generated length.
+        for _ in 0..<4 { pick(gen.step(next).baseAddress!) }
+        let rssBefore = currentRSS()
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        for _ in 0..<tokens { pick(gen.step(next).baseAddress!) }
+        let s = secs(clock.now - t0)
+        let rssAfter = currentRSS()
+        logits = []
+        let tps = Double(tokens * batch) / s
+        printErr(String(format: "generate %@ batch %d: %.1f tokens/s (%.2f ms/step), peak RSS %.0f MB", name, batch, tps,
+                        s / Double(tokens) * 1e3, Double(peakRSS()) / 1e6))
+        return ["impl": "mambakit", "task": "generate", "config": name, "batch": batch, "threads": Parallel.threads,
+                "tokens": tokens, "tokens_per_s": tps, "ms_per_step": s / Double(tokens) * 1e3,
+                "peak_rss_mb": Double(peakRSS()) / 1e6, "rss_growth_during_generation_mb": Double(rssAfter - rssBefore) / 1e6,
+                "parameters": config.parameterCount]
+    }
+
+    func runTorch(python: String, threads: Int) -> Any {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        var args = ["scripts/bench_torch.py", "--threads", String(threads)]
+        if quick { args.append("--quick") } else { args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens)] }
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        do { try p.run() } catch { return ["error": "cannot run \(python): \(error)"] }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let o = try? JSONSerialization.jsonObject(with: data) else {
+            return ["error": "bench_torch.py exited with status \(p.terminationStatus)"]
+        }
+        return o
+    }
+}
+
+func secs(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
+
+/// Sustained read bandwidth: sums a buffer much larger than the caches, best of several passes, all threads.
+func measureBandwidth(megabytes: Int) -> Double {
+    let n = megabytes * (1 << 20) / 4
+    let buf = FloatBuffer(count: n)
+    for i in stride(from: 0, to: n, by: 1024) { buf.ptr[i] = 1 }
+    var best = 0.0
+    let clock = ContinuousClock()
+    for _ in 0..<5 {
+        let t0 = clock.now
+        var partial = [Float](repeating: 0, count: Parallel.threads)
+        partial.withUnsafeMutableBufferPointer { pp in
+            Parallel.forRanges(n / 16) { w, lo, hi in
+                var acc = SIMD16<Float>()
+                let p = UnsafeRawPointer(buf.ptr)
+                for i in lo..<hi { acc += p.load(fromByteOffset: i * 64, as: SIMD16<Float>.self) }
+                pp[w] = acc.sum()
+            }
+        }
+        let s = secs(clock.now - t0)
+        if partial.reduce(0, +).isNaN { return 0 }
+        best = max(best, Double(n * 4) / s)
+    }
+    return best
+}
+
+func procStatus(_ key: String) -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix(key + ":") {
+        let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
+        return kb * 1024
+    }
+    return 0
+}
+
+func currentRSS() -> Int { procStatus("VmRSS") }
+func peakRSS() -> Int { procStatus("VmHWM") }
+/// Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) so each measurement reports its own peak.
+func resetPeakRSS() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
+
+func cpuName() -> String {
+    guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
+    for line in s.split(separator: "\n") where line.hasPrefix("model name") {
+        return line.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
+    }
+    return "unknown"
+}

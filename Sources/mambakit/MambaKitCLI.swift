@@ -1,0 +1,79 @@
+import ArgumentParser
+import Foundation
+import MambaKit
+
+/// `mambakit`: sequence modelling of bytes, DNA and audio with selective state-space models.
+@main
+struct MambaKitCLI: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mambakit",
+        abstract: "Selective state-space (Mamba) models for byte streams: train, evaluate, generate.",
+        subcommands: [Train.self, Eval.self, Generate.self, Run.self, Inspect.self, Bench.self])
+
+    static func main() {
+        // Give OpenBLAS its vector kernels where its CPU table is too old (BLASCore); one exec, before any work.
+        if let core = BLASCore.preferredCoreType() {
+            setenv("OPENBLAS_CORETYPE", core, 1)
+            var argv: [UnsafeMutablePointer<CChar>?] = CommandLine.arguments.map { strdup($0) } + [nil]
+            execv("/proc/self/exe", &argv)
+            // exec failed: carry on with the generic kernels.
+        }
+        Self.main(nil)
+    }
+}
+
+/// Options every command takes.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Threads for MambaKit's loops and OpenBLAS (default: all cores).")
+    var threads: Int?
+
+    func apply() throws {
+        if let t = threads {
+            guard t > 0 else { throw ValidationError("--threads must be positive") }
+            Parallel.setThreads(t)
+        } else {
+            Parallel.setThreads(Parallel.defaultThreads)
+        }
+    }
+}
+
+/// Runs `body`, turning MambaKit errors into `error: <what>, <where>` on stderr and a non-zero exit.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as MambaKitError {
+        FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
+        throw ExitCode(e.kind == .interrupted ? 130 : 1)
+    } catch let e as ExitCode {
+        throw e
+    } catch let e as ValidationError {
+        throw e
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+func printErr(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
+
+/// Prints a JSON object on stdout (sorted keys, one line or pretty).
+func printJSON(_ o: [String: Any], pretty: Bool = true) throws {
+    var clean = o
+    for (k, v) in o { if let d = v as? Double, !d.isFinite { clean[k] = NSNull() } }
+    let data = try JSONSerialization.data(withJSONObject: clean, options: pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys])
+    FileHandle.standardOutput.write(data + Data([10]))
+}
+
+// MARK: Ctrl-C
+
+nonisolated(unsafe) var interruptRequested: sig_atomic_t = 0
+
+/// The first Ctrl-C asks the trainer to checkpoint and stop; a second one exits at once.
+func installInterruptHandler() {
+    signal(SIGINT) { _ in
+        if interruptRequested != 0 { _exit(130) }
+        interruptRequested = 1
+    }
+}

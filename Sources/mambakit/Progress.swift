@@ -1,0 +1,65 @@
+import Foundation
+import MambaKit
+
+/// Renders training events on stderr: a redrawn progress bar on a terminal, plain periodic lines otherwise
+/// (logs, CI). Results never go here; they go to stdout or files.
+final class ProgressRenderer {
+    let tty = isatty(2) != 0
+    var lastLine = ""
+
+    func handle(_ e: Trainer.Event) {
+        switch e {
+        case let .started(step, total, params, train, val):
+            line("training \(formatCount(params)) parameters on \(formatCount(train)) tokens (\(formatCount(val)) held out), step \(step) of \(total)")
+        case let .step(step, total, loss, lr, gnorm, tps, elapsed):
+            let done = Double(step) / Double(max(total, 1))
+            let eta = done > 0 ? elapsed / done - elapsed : 0
+            let stats = String(format: "step %d/%d  loss %.4f  lr %.2e  |g| %.2f  %@ tok/s  ETA %@",
+                               step, total, loss, lr, gnorm, formatCount(Int(tps)), formatDuration(eta))
+            if tty {
+                let width = 24
+                let filled = Int(done * Double(width))
+                let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+                redraw("[\(bar)] " + stats)
+                if step == total { FileHandle.standardError.write(Data("\n".utf8)); lastLine = "" }
+            } else {
+                line(stats)
+            }
+        case let .validation(step, loss):
+            line(String(format: "step %d  validation loss %.4f (%.3f bits/token)", step, loss, loss / log(2.0)))
+        case let .checkpoint(step, path):
+            line("step \(step)  checkpoint \(path)")
+        }
+    }
+
+    private func redraw(_ s: String) {
+        FileHandle.standardError.write(Data(("\r\u{1B}[2K" + s).utf8))
+        lastLine = s
+    }
+
+    func line(_ s: String) {
+        if tty && !lastLine.isEmpty {
+            FileHandle.standardError.write(Data(("\r\u{1B}[2K" + s + "\n" + lastLine).utf8))
+        } else {
+            FileHandle.standardError.write(Data((s + "\n").utf8))
+        }
+    }
+
+    func finish() {
+        if tty && !lastLine.isEmpty { FileHandle.standardError.write(Data("\n".utf8)); lastLine = "" }
+    }
+}
+
+func formatCount(_ n: Int) -> String {
+    let d = Double(n)
+    if d >= 1e9 { return String(format: "%.2fG", d / 1e9) }
+    if d >= 1e6 { return String(format: "%.2fM", d / 1e6) }
+    if d >= 1e4 { return String(format: "%.1fk", d / 1e3) }
+    return String(n)
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite, s >= 0 else { return "?" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
+}

@@ -1,0 +1,65 @@
+import ArgumentParser
+import Foundation
+import MambaKit
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a pipeline file: data → model → train → eval → generate, outputs under runs/<name>/.")
+
+    @Argument(help: "The pipeline file (YAML), e.g. pipelines/bytes-lm.yaml.") var pipeline: String
+    @Option(name: .customLong("runs-dir"), help: "Where run directories go.") var runsDir: String = "runs"
+    @Flag(help: "Continue an interrupted run from its latest checkpoint.") var resume = false
+    @Flag(help: "Delete an existing run directory of the same name first.") var overwrite = false
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            let spec = try PipelineSpec.load(path: pipeline)
+            if common.threads == nil, let t = spec.threads { Parallel.setThreads(t) } else { try common.apply() }
+            let out = runsDir + "/" + spec.name
+            if FileManager.default.fileExists(atPath: out) && !resume {
+                guard overwrite else {
+                    throw MambaKitError(.usage, "the run directory exists; pass --resume to continue it or --overwrite to start again", at: out)
+                }
+                try FileManager.default.removeItem(atPath: out)
+            }
+            guard !spec.trainData.isEmpty else { throw MambaKitError(.config, "data.train is empty", at: pipeline) }
+            let options = spec.train.apply(to: Trainer.Options())
+            printErr("pipeline \(spec.name): training on \(spec.trainData.joined(separator: ", "))")
+            let progress = ProgressRenderer()
+            installInterruptHandler()
+            let trainer = try LanguageModelTask.train(
+                format: spec.format, data: spec.trainData, out: out, model: spec.model, options: options,
+                valFraction: spec.valFraction ?? 0.05, resume: resume && FileManager.default.fileExists(atPath: out + "/checkpoints/latest"),
+                events: progress.handle, shouldStop: { interruptRequested != 0 })
+            progress.finish()
+            var summary: [String: Any] = ["name": spec.name, "pipeline": pipeline, "steps": trainer.step,
+                                          "parameters": trainer.model.config.parameterCount]
+            if let evalPath = spec.evalData {
+                printErr("evaluating \(evalPath)")
+                let report = try LanguageModelTask.evaluate(model: trainer.model, path: evalPath, format: spec.format,
+                                                            chunk: options.seqLen)
+                var j = report.json
+                j["data"] = evalPath
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: j, options: [.prettyPrinted, .sortedKeys]),
+                                     to: out + "/eval.json")
+                summary["eval"] = j
+                printErr(String(format: "eval: %.4f bits/token over %d tokens", report.result.bitsPerToken, report.result.count))
+            }
+            if let g = spec.generate {
+                let sampler = try Sampler(temperature: g.temperature, topK: g.topK, topP: g.topP)
+                var rng = RNG(seed: UInt64(max(0, g.seed)))
+                var bytes: [UInt8] = []
+                try Generator(model: trainer.model).generate(
+                    prompt: ByteTokenizer.encode(Array(g.prompt.utf8)), count: g.maxNewTokens, sampler: sampler, rng: &rng
+                ) { bytes.append(UInt8(truncatingIfNeeded: $0)); return true }
+                try AtomicFile.write(Array(g.prompt.utf8) + bytes, to: out + "/generated.txt")
+                summary["generated"] = out + "/generated.txt"
+                printErr("generated \(bytes.count) bytes → \(out)/generated.txt")
+            }
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys]),
+                                 to: out + "/summary.json")
+            try printJSON(summary)
+        }
+    }
+}

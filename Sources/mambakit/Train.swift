@@ -1,0 +1,90 @@
+import ArgumentParser
+import Foundation
+import MambaKit
+
+/// Model-shape and schedule options shared by `train` (and, later, `classify train`). A contract: DESIGN.md §5.
+struct ShapeAndScheduleOptions: ParsableArguments {
+    @Option(help: "Training steps (default 1000).") var steps: Int?
+    @Option(name: .customLong("batch-size"), help: "Sequences per step (default 8).") var batchSize: Int?
+    @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default 512).") var seqLen: Int?
+    @Option(name: .customLong("d-model"), help: "Model width D (default 256).") var dModel: Int?
+    @Option(help: "Mamba layers (default 4).") var layers: Int?
+    @Option(name: .customLong("d-state"), help: "SSM state size N (default 16).") var dState: Int?
+    @Option(name: .customLong("d-conv"), help: "Conv kernel K (default 4).") var dConv: Int?
+    @Option(help: "Expansion E: d_inner = E·D (default 2).") var expand: Double?
+    @Option(help: "Peak learning rate (default 2e-3).") var lr: Double?
+    @Option(help: "Linear warmup steps (default 100, capped at --steps).") var warmup: Int?
+    @Option(help: "Random seed for initialisation and data order (default 0).") var seed: Int?
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay (default 0.1; never on norms, biases, A_log, D).") var weightDecay: Double?
+    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (default 1.0).") var gradClip: Double?
+    @Option(name: .customLong("val-fraction"), help: "Held-out tail of each file (default 0.05).") var valFraction: Double?
+    @Option(name: .customLong("eval-every"), help: "Validate every N steps (default 200).") var evalEvery: Int?
+    @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (default 500).") var checkpointEvery: Int?
+    @Option(name: .customLong("log-every"), help: "Log every N steps (default 10).") var logEvery: Int?
+    @Option(help: "A pipeline-style YAML file whose model/train/data values the flags override.") var config: String?
+
+    var modelSpec: ModelSpec {
+        var m = ModelSpec()
+        m.dModel = dModel; m.layers = layers; m.dState = dState; m.dConv = dConv; m.expand = expand
+        return m
+    }
+
+    var trainSpec: PipelineSpec.TrainSpec {
+        var t = PipelineSpec.TrainSpec()
+        t.steps = steps; t.batchSize = batchSize; t.seqLen = seqLen; t.lr = lr; t.warmup = warmup; t.seed = seed
+        t.weightDecay = weightDecay; t.gradClip = gradClip; t.evalEvery = evalEvery
+        t.checkpointEvery = checkpointEvery; t.logEvery = logEvery
+        return t
+    }
+
+    func validate() throws {
+        if let seed, seed < 0 { throw ValidationError("--seed must be ≥ 0") }
+        for (name, v) in [("--steps", steps), ("--batch-size", batchSize), ("--seq-len", seqLen), ("--d-model", dModel),
+                          ("--layers", layers), ("--d-state", dState), ("--d-conv", dConv)] {
+            if let v, v <= 0 { throw ValidationError("\(name) must be positive (got \(v))") }
+        }
+        if let expand, !(expand > 0) { throw ValidationError("--expand must be positive") }
+    }
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Next-token pretraining on one or more files treated as long streams.")
+
+    @Option(parsing: .upToNextOption, help: "Training files or directories of files.") var data: [String] = []
+    @Option(help: "How to read --data: bytes (default), fasta or audio.") var format: String?
+    @Option(help: "Run directory: model, checkpoints, metrics.jsonl.") var out: String
+    @Flag(help: "Continue the run in --out from its latest checkpoint, bit for bit.") var resume = false
+    @OptionGroup var shape: ShapeAndScheduleOptions
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            var file = PipelineSpec(name: "train")
+            if let cfg = shape.config { file = try PipelineSpec.load(path: cfg) }
+            let format = try DataFormat.parse(format ?? file.format.rawValue)
+            let data = self.data.isEmpty ? file.trainData : self.data
+            guard !data.isEmpty else { throw MambaKitError(.usage, "no --data given (and no data.train in --config)") }
+            let model = shape.modelSpec.merged(over: file.model)
+            let options = shape.trainSpec.apply(to: file.train.apply(to: Trainer.Options()))
+            let progress = ProgressRenderer()
+            installInterruptHandler()
+            let trainer = try LanguageModelTask.train(
+                format: format, data: data, out: out, model: model, options: options,
+                valFraction: shape.valFraction ?? file.valFraction ?? 0.05, resume: resume,
+                events: progress.handle, shouldStop: { interruptRequested != 0 })
+            progress.finish()
+            printErr("model saved to \(out) (step \(trainer.step))")
+        }
+    }
+}
+
+extension DataFormat {
+    static func parse(_ s: String) throws -> DataFormat {
+        guard let f = DataFormat(rawValue: s) else {
+            throw MambaKitError(.usage, "--format '\(s)' is not one of \(DataFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return f
+    }
+}

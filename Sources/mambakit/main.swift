@@ -1,2 +1,0 @@
-import MambaKit
-print("mambakit")

@@ -1,0 +1,260 @@
+import Foundation
+import MambaKit
+import Testing
+
+/// Two small random models: tied head, K = 3, R = 1; and untied head with in/out_proj biases, K = 4, R = 3. Their
+/// parameters are moved away from the initialisation (zero biases, A_log = log n, D = 1, unit norms) so that every
+/// term of the maths contributes.
+enum TinyModel: String, CaseIterable, Sendable {
+    case tied, untiedBias
+
+    var config: MambaConfig {
+        switch self {
+        case .tied:
+            return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 3, expand: 2)
+        case .untiedBias:
+            return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 4, expand: 2, dtRank: 3,
+                               useBias: true, tie: false)
+        }
+    }
+
+    func make() throws -> MambaModel {
+        let m = try MambaModel(config: config, seed: 7)
+        var rng = RNG(seed: 99)
+        for v in m.params.layout.views {
+            // dt bias: Δ then spans ~1e-3 … 1 instead of the narrow init band; A_log: distinct decay rates.
+            let s: Double = v.name.hasSuffix("dt_proj.bias") ? 1 : v.name.hasSuffix("A_log") ? 0.3 : 0.08
+            let p = m.params.ptr(v)
+            for i in 0..<v.count { p[i] += Float(rng.normal() * s) }
+        }
+        return m
+    }
+}
+
+/// Random token ids `(B, L)` below `V`.
+func randomTokens(_ n: Int, V: Int, seed: UInt64) -> [Int32] {
+    var rng = RNG(seed: seed)
+    return (0..<n).map { _ in Int32(rng.int(below: V)) }
+}
+
+/// Next-token targets for `ids` `(B, L)`, the last position of each sequence ignored.
+func nextTokenTargets(_ ids: [Int32], B: Int, L: Int) -> [Int32] {
+    var t = [Int32](repeating: CrossEntropy.ignoreIndex, count: B * L)
+    for b in 0..<B { for i in 0..<(L - 1) { t[b * L + i] = ids[b * L + i + 1] } }
+    return t
+}
+
+extension MambaModel {
+    /// Logits `(B, L, V)` of a fresh forward over `ids`.
+    func logits(_ ids: [Int32], B: Int, L: Int, training: Bool = false) -> [Float] {
+        let ws = Workspace(config: config, B: B, L: L, training: training)
+        ids.withUnsafeBufferPointer { forward(ids: $0.baseAddress!, ws: ws) }
+        return ws.logits.array
+    }
+
+    /// Mean cross-entropy of a forward over `ids`, in Double.
+    func meanLoss(_ ids: [Int32], targets: [Int32], B: Int, L: Int) -> Double {
+        let ws = Workspace(config: config, B: B, L: L, training: false)
+        ids.withUnsafeBufferPointer { forward(ids: $0.baseAddress!, ws: ws) }
+        let (sum, count) = targets.withUnsafeBufferPointer {
+            CrossEntropy.forwardBackward(logits: ws.logits.ptr, targets: $0.baseAddress!, M: B * L, V: config.vocabSize,
+                                         dlogits: nil, scale: 1)
+        }
+        return sum / Double(count)
+    }
+
+    /// forward + backward on a training workspace into zeroed gradients; returns the logits and (Σ NLL, count).
+    @discardableResult
+    func gradients(_ ids: [Int32], targets: [Int32], B: Int, L: Int, lossScale: Float? = nil,
+                   zero: Bool = true) -> (logits: [Float], sum: Double, count: Int) {
+        if zero { zeroGradients() }
+        let ws = Workspace(config: config, B: B, L: L, training: true)
+        ids.withUnsafeBufferPointer { forward(ids: $0.baseAddress!, ws: ws) }
+        let logits = ws.logits.array
+        let (sum, count) = ids.withUnsafeBufferPointer { i in
+            targets.withUnsafeBufferPointer { t in
+                backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws, lossScale: lossScale)
+            }
+        }
+        return (logits, sum, count)
+    }
+}
+
+/// Whole-model checks: the backward against finite differences of the mean loss, and the equivalences the model
+/// promises — the recurrent step reproduces `forward`, chunked evaluation reproduces the whole, a padded batch
+/// reproduces each sequence alone, and the thread count changes only rounding. Serialized: one test changes the
+/// global thread count.
+@Suite(.serialized) struct ModelEquivalenceTests {
+    static let (B, L) = (2, 37)  // L > SelectiveScanSIMD.chunk: backward recomputes two chunks
+
+    @Test(arguments: TinyModel.allCases)
+    func gradientsMatchFiniteDifferences(tiny: TinyModel) throws {
+        let model = try tiny.make()
+        let (B, L) = (Self.B, Self.L)
+        let V = model.config.vocabSize
+        let ids = randomTokens(B * L, V: V, seed: 5)
+        var targets = nextTokenTargets(ids, B: B, L: L)
+        for i in stride(from: 3, to: B * L, by: 7) { targets[i] = CrossEntropy.ignoreIndex }
+        let (_, sum, count) = model.gradients(ids, targets: targets, B: B, L: L)
+        let loss0 = model.meanLoss(ids, targets: targets, B: B, L: L)
+        #expect(abs(sum / Double(count) - loss0) < 1e-6 * loss0, "backward's loss \(sum / Double(count)) vs \(loss0)")
+        var rng = RNG(seed: 3)
+        var worst: [(String, Double, Double)] = []
+        for v in model.params.layout.views {
+            let g = model.grads.values(v.name)
+            #expect(maxAbs(g) > 0, "\(v.name): zero gradient")
+            // The largest entry and three random ones.
+            var idx = [g.indices.max { abs(g[$0]) < abs(g[$1]) }!]
+            for _ in 0..<3 { idx.append(rng.int(below: v.count)) }
+            let p = model.params.ptr(v)
+            var vals = model.params.values(v.name)
+            // h = 1e-2 on parameters of size 0.1 … 3: the loss (≈ ln 32, Float logits) carries ~1e-7 relative rounding,
+            // so the quotient has ~2e-5 absolute noise; truncation h²·f‴ is of the same order. Gradients of the mean
+            // loss are 1e-4 … 1e-1: tolerance 5e-5 absolute plus 2 % relative.
+            let r = checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-5, rtol: 2e-2) { x in
+                let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
+                x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
+                defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
+                return model.meanLoss(ids, targets: targets, B: B, L: L)
+            }
+            worst.append((v.name, r.worstAbs, r.relative))
+        }
+        if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
+            for w in worst { print(String(format: "MODEL %@ %@ %.2e %.2e", tiny.rawValue, w.0, w.1, w.2)) }
+        }
+    }
+
+    @Test(arguments: TinyModel.allCases)
+    func recurrentStepMatchesForward(tiny: TinyModel) throws {
+        let model = try tiny.make()
+        let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
+        let ids = randomTokens(B * L, V: V, seed: 11)
+        let full = model.logits(ids, B: B, L: L, training: true)
+        let inference = model.logits(ids, B: B, L: L, training: false)
+        let scale = maxAbs(full)
+        // Training and inference workspaces run the same operations: within rounding (bit-identical in practice).
+        expectClose("\(tiny) inference vs training workspace", inference, full, atol: 1e-6 * scale, rtol: 1e-6)
+        let ws = Workspace(config: model.config, B: B, L: 1, training: false)
+        let state = RecurrentState(config: model.config, batch: B)
+        var stepped = [Float](repeating: 0, count: B * L * V)
+        for t in 0..<L {
+            let col = (0..<B).map { ids[$0 * L + t] }
+            col.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state) }
+            for b in 0..<B { for v in 0..<V { stepped[(b * L + t) * V + v] = ws.logits[b * V + v] } }
+        }
+        // Same maths, sgemm over 2 rows instead of 74 and the state carried through memory: rounding only, which
+        // stays ~1e-7 relative through two layers.
+        expectClose("\(tiny) step vs forward", stepped, full, atol: 1e-5 * scale, rtol: 1e-5)
+        equivalenceReport("\(tiny) step", stepped, full)
+    }
+
+    @Test(arguments: TinyModel.allCases)
+    func chunkedMatchesWhole(tiny: TinyModel) throws {
+        let model = try tiny.make()
+        let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
+        let ids = randomTokens(B * L, V: V, seed: 12)
+        let full = model.logits(ids, B: B, L: L)
+        // Chunks of 1 and 2 are shorter than K − 1 (2 or 3): the conv context must carry inputs across several chunks.
+        let sizes = [1, 1, 2, 5, 13, 1, 3, 11]
+        precondition(sizes.reduce(0, +) == L)
+        let state = RecurrentState(config: model.config, batch: B)
+        var chunked = [Float](repeating: 0, count: B * L * V)
+        var t0 = 0
+        for (i, n) in sizes.enumerated() {
+            let ws = Workspace(config: model.config, B: B, L: n, training: i % 2 == 1)
+            let chunk = (0..<B).flatMap { b in ids[(b * L + t0)..<(b * L + t0 + n)] }
+            chunk.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state) }
+            for b in 0..<B {
+                for t in 0..<n {
+                    for v in 0..<V { chunked[(b * L + t0 + t) * V + v] = ws.logits[(b * n + t) * V + v] }
+                }
+            }
+            t0 += n
+        }
+        let scale = maxAbs(full)
+        expectClose("\(tiny) chunked vs whole", chunked, full, atol: 1e-5 * scale, rtol: 1e-5)
+        equivalenceReport("\(tiny) chunked", chunked, full)
+        // `lastOnly` gives the last position's logits in row b.
+        let ws = Workspace(config: model.config, B: B, L: L, training: false)
+        ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, lastOnly: true) }
+        for b in 0..<B {
+            let got = Array(ws.logits.array[(b * V)..<((b + 1) * V)])
+            let want = Array(full[((b * L + L - 1) * V)..<((b * L + L) * V)])
+            expectClose("\(tiny) lastOnly row \(b)", got, want, atol: 1e-6 * scale, rtol: 1e-6)
+        }
+    }
+
+    @Test(arguments: TinyModel.allCases)
+    func paddedMatchesUnpadded(tiny: TinyModel) throws {
+        let model = try tiny.make()
+        let (L, V) = (Self.L, model.config.vocabSize)
+        let Lb = 20
+        let a = randomTokens(L, V: V, seed: 21)
+        let b = randomTokens(Lb, V: V, seed: 22)
+        let pad = randomTokens(L - Lb, V: V, seed: 23)  // arbitrary tokens after the end of b
+        let batch = a + b + pad
+        let both = model.logits(batch, B: 2, L: L)
+        let alone = [model.logits(a, B: 1, L: L), model.logits(b, B: 1, L: Lb)]
+        let scale = maxAbs(both)
+        expectClose("\(tiny) padded row 0", Array(both[0..<(L * V)]), alone[0], atol: 1e-5 * scale, rtol: 1e-5)
+        expectClose("\(tiny) padded row 1", Array(both[(L * V)..<((L + Lb) * V)]), alone[1], atol: 1e-5 * scale, rtol: 1e-5)
+        equivalenceReport("\(tiny) padded", Array(both[(L * V)..<((L + Lb) * V)]), alone[1])
+        // Gradients: the padded batch with its padding ignored equals the two sequences' gradients summed
+        // (loss scale 1, so both sides are gradients of the same Σ NLL).
+        var targets = nextTokenTargets(batch, B: 2, L: L)
+        for t in (Lb - 1)..<L { targets[L + t] = CrossEntropy.ignoreIndex }
+        let padded = model.gradients(batch, targets: targets, B: 2, L: L, lossScale: 1)
+        let gPadded = model.params.layout.views.map { model.grads.values($0.name) }
+        let sa = model.gradients(a, targets: nextTokenTargets(a, B: 1, L: L), B: 1, L: L, lossScale: 1)
+        let sb = model.gradients(b, targets: nextTokenTargets(b, B: 1, L: Lb), B: 1, L: Lb, lossScale: 1, zero: false)
+        #expect(padded.count == sa.count + sb.count)
+        #expect(abs(padded.sum - (sa.sum + sb.sum)) < 1e-5 * padded.sum, "Σ NLL \(padded.sum) vs \(sa.sum + sb.sum)")
+        var worst: Float = 0
+        for (v, gp) in zip(model.params.layout.views, gPadded) {
+            let gs = model.grads.values(v.name)
+            // Float sums over B·L rows in another grouping: relative to the tensor's largest entry.
+            expectClose("\(tiny) padded grad \(v.name)", gp, gs, atol: 1e-5 * maxAbs(gs), rtol: 1e-4)
+            worst = max(worst, maxAbsDiff(gp, gs) / maxAbs(gs))
+        }
+        if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil { print("EQ \(tiny) padded grads \(worst)") }
+    }
+
+    @Test func threadCountChangesOnlyRounding() throws {
+        let saved = Parallel.threads
+        defer { Parallel.setThreads(saved) }
+        let model = try TinyModel.untiedBias.make()
+        let (B, L) = (Self.B, Self.L)
+        let ids = randomTokens(B * L, V: model.config.vocabSize, seed: 31)
+        let targets = nextTokenTargets(ids, B: B, L: L)
+        func run() -> (logits: [Float], grads: [[Float]], loss: Double) {
+            let r = model.gradients(ids, targets: targets, B: B, L: L)
+            return (r.logits, model.params.layout.views.map { model.grads.values($0.name) }, r.sum)
+        }
+        Parallel.setThreads(1)
+        let one = run()
+        for t in [1, 2, 3] {
+            Parallel.setThreads(t)
+            let first = run(), second = run()
+            // Same thread count: the same bits (static partitions, fixed reduction order).
+            #expect(first.logits == second.logits && first.grads == second.grads && first.loss == second.loss,
+                    "threads \(t): two runs differ")
+            // Across thread counts only the grouping of sums changes: rounding, relative to each tensor's scale.
+            expectClose("threads \(t) logits", first.logits, one.logits, atol: 1e-6 * maxAbs(one.logits), rtol: 1e-6)
+            #expect(abs(first.loss - one.loss) < 1e-9 * one.loss)
+            var worst: Float = 0
+            for (v, (g, g1)) in zip(model.params.layout.views, zip(first.grads, one.grads)) {
+                expectClose("threads \(t) grad \(v.name)", g, g1, atol: 1e-6 * maxAbs(g1), rtol: 1e-5)
+                worst = max(worst, maxAbsDiff(g, g1) / maxAbs(g1))
+            }
+            if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
+                print("EQ threads \(t) logits \(maxAbsDiff(first.logits, one.logits) / maxAbs(one.logits)) grads \(worst)")
+            }
+        }
+    }
+}
+
+func equivalenceReport(_ tag: String, _ a: [Float], _ b: [Float]) {
+    if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
+        print("EQ \(tag) \(maxAbsDiff(a, b) / maxAbs(b))")
+    }
+}
