@@ -14,11 +14,14 @@ implementations that MambaKit is compared against:
       scan in training/prefill uses ``mambapy.pscan`` (a parallel scan).
       Single-token decoding is identical for both, so generation is measured
       once, as ``transformers``.
-* ``mambapy``: the ``mambapy`` package's language model (``mambapy.lm.LM``)
-  with ``pscan=True`` for training and its recurrent ``step`` function for
-  generation. Its LM head is tied to the embedding (as in the transformers
-  model), the embedding's ``padding_idx`` is cleared and ``dt_proj`` gets the
-  standard Mamba time-step initialisation (which ``LM``'s own weight init
+* ``mambapy``: the ``mambapy`` package's language model with ``pscan=True``
+  for training and its recurrent ``step`` function for generation.
+  ``mambapy.lm.LM`` is used if it imports; it imports ``mambapy.mamba2``,
+  which needs ``mamba_ssm`` (CUDA only), so on CPU the script builds the same
+  stack itself (embedding -> ``mambapy.mamba.Mamba`` -> ``RMSNorm`` -> head,
+  LM's default init). The LM head is tied to the embedding (as in the
+  transformers model), the embedding has no ``padding_idx`` and ``dt_proj``
+  gets the standard Mamba time-step initialisation (which LM's weight init
   overwrites), so both libraries run the same architecture.
 
 Tasks
@@ -46,7 +49,13 @@ the model is built. A failing or crashing measurement becomes an entry with an
 loads one set of weights into all three code paths and compares their logits
 and greedy tokens.
 
-Progress goes to stderr; stdout receives exactly one JSON object.
+Progress goes to stderr; stdout receives exactly one JSON object. The 1-minute
+load average is recorded at the start and at each entry: numbers taken while
+other work runs on the machine are not comparable. With fewer free cores than
+``--threads``, libgomp's default spin-waiting makes PyTorch's many small
+parallel regions (the sequential scan, single-token decoding) dramatically
+slower; ``--omp-wait-policy passive`` is the knob for that, and the policy in
+effect is recorded.
 
 Usage (from the repository root)::
 
@@ -203,12 +212,17 @@ def build_hf(cfg, use_mambapy):
 
 
 class _ThinMambapyLM:
-    """Stand-in used only if ``mambapy.lm`` cannot be imported (it pulls in
-    ``mambapy.mamba2``, which needs einops): embedding -> mambapy.mamba.Mamba
-    -> RMSNorm -> linear head, with the same attribute names and methods."""
+    """Used when ``mambapy.lm`` cannot be imported: ``mambapy.lm`` imports
+    ``mambapy.mamba2``, which needs ``mamba_ssm`` (a CUDA package), so on a
+    CPU-only install it always fails. This is the same stack as ``LM`` --
+    embedding -> ``mambapy.mamba.Mamba`` -> ``mambapy.mamba.RMSNorm`` -> linear
+    head, same attribute names, ``forward``/``step`` -- with LM's default
+    (non-muP) initialisation: N(0, base_std) for linear and embedding weights,
+    zero linear biases, out_proj scaled by 1/sqrt(2 * n_layers)."""
 
     @staticmethod
     def create(mcfg, vocab_size):
+        import torch
         import torch.nn as nn
 
         from mambapy.mamba import Mamba, RMSNorm
@@ -229,7 +243,17 @@ class _ThinMambapyLM:
                 x, caches = self.mamba.step(self.embedding(token), caches)
                 return self.lm_head(self.norm_f(x)), caches
 
-        return ThinLM()
+        model = ThinLM()
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.weight.normal_(0.0, mcfg.base_std)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+            for name, p in model.named_parameters():
+                if name.endswith("mixer.out_proj.weight"):
+                    p.normal_(0.0, mcfg.base_std / math.sqrt(2 * mcfg.n_layers))
+        return model
 
 
 def reset_dt_init(mixer, dt_rank, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
@@ -269,7 +293,10 @@ def build_mambapy(cfg, use_pscan=True):
         notes.append("mambapy.lm.LM")
     except ImportError as exc:
         model = _ThinMambapyLM.create(mcfg, cfg["vocab_size"])
-        notes.append(f"mambapy.lm not importable ({exc}); minimal LM around mambapy.mamba.Mamba")
+        notes.append(
+            f"mambapy.lm.LM not importable ({exc}); the same embedding -> mambapy.mamba.Mamba -> RMSNorm -> "
+            f"head stack with LM's default init"
+        )
     model.lm_head.weight = model.embedding.weight
     model.embedding.padding_idx = None
     for layer in model.mamba.layers:
@@ -641,8 +668,10 @@ def worker_main(job_json, out_path):
 # --------------------------------------------------------------------------- #
 
 
-def run_worker(job, timeout, threads):
+def run_worker(job, timeout, threads, omp_wait_policy=None):
     env = dict(os.environ)
+    if omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
     env.update(
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
@@ -734,6 +763,13 @@ def plan(args):
     return jobs
 
 
+def load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def make_entry(job, res):
     entry = {k: job.get(k) for k in ("impl", "task", "config", "batch", "seq_len", "threads")}
     entry["tokens_per_s"] = rnd(res.get("tokens_per_s"), 2)
@@ -787,6 +823,12 @@ def main(argv=None):
     p.add_argument("--tasks", default="train,generate")
     p.add_argument("--impls", default=None, help=f"subset of {sorted(set(TRAIN_IMPLS + GEN_IMPLS))}")
     p.add_argument("--skip-parity", action="store_true", help="skip the cross-implementation parity check")
+    p.add_argument(
+        "--omp-wait-policy",
+        choices=["passive", "active"],
+        default=None,
+        help="set OMP_WAIT_POLICY for the measurements (default: leave the environment as it is)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--job-timeout", type=float, default=3600.0, help="seconds before a measurement is abandoned")
     p.add_argument("--output", default=None, help="also write the JSON to this file")
@@ -814,6 +856,8 @@ def main(argv=None):
         "cpu": cpu_string(),
         "threads": args.threads,
         "quick": bool(args.quick),
+        "omp_wait_policy": args.omp_wait_policy or os.environ.get("OMP_WAIT_POLICY") or "unset (runtime default)",
+        "load_average_1m_start": load_average(),
         "settings": {
             "train_batch": args.train_batch,
             "train_seq_len": args.train_seq_len,
@@ -832,7 +876,11 @@ def main(argv=None):
     }
 
     log(f"bench_torch: {args.threads} thread(s); {out['cpu']}")
-    env_res, _ = run_worker(dict(task="env", threads=args.threads, seed=args.seed, label="env"), 600, args.threads)
+    la = out["load_average_1m_start"]
+    if la is not None and la > 0.5:
+        log(f"WARNING: 1-minute load average is {la}: other work is running, numbers will be unreliable")
+    wp = args.omp_wait_policy
+    env_res, _ = run_worker(dict(task="env", threads=args.threads, seed=args.seed, label="env"), 600, args.threads, wp)
     if "error" in env_res:
         out["env_error"] = env_res["error"]
     else:
@@ -844,7 +892,9 @@ def main(argv=None):
 
     if not args.skip_parity:
         log("parity check (same weights in transformers sequential / use_mambapy / mambapy) ...")
-        par, _ = run_worker(dict(task="parity", threads=args.threads, seed=args.seed, label="parity"), 900, args.threads)
+        par, _ = run_worker(
+            dict(task="parity", threads=args.threads, seed=args.seed, label="parity"), 900, args.threads, wp
+        )
         par.pop("process_seconds", None)
         par.pop("torch_threads", None)
         if "peak_rss_mb" in par:
@@ -856,8 +906,10 @@ def main(argv=None):
     results = []
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job['label']} ...")
-        res, wall = run_worker(job, args.job_timeout, args.threads)
+        la = load_average()
+        res, wall = run_worker(job, args.job_timeout, args.threads, wp)
         entry = make_entry(job, res)
+        entry["load_average_1m_at_start"] = la
         results.append(entry)
         if "error" in entry:
             log(f"[{i}/{len(jobs)}] {job['label']}: ERROR {entry['error']}")
@@ -867,6 +919,7 @@ def main(argv=None):
                 f"peak RSS {entry['peak_rss_mb']} MB ({wall:.1f} s wall)"
             )
     out["results"] = results
+    out["load_average_1m_end"] = load_average()
     out["wall_seconds"] = round(time.perf_counter() - t_start, 1)
 
     text = json.dumps(out, indent=2)

@@ -330,6 +330,18 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         // Elementwise; in the linear region the outputs are ~25, so rounding ≈ 25·6e-8/2h ≈ 8e-5 with h = 1e-2.
         checkGradient("softplus", &pre, analytic: added(d.array, d0), indices: Array(0..<n), h: 1e-2,
                       atol: 2e-4, rtol: 1e-3) { loss($0) }
+        // Far below the init band the derivative sigmoid(pre) ≈ Δ is tiny; recovering it as 1 − e^(−Δ) loses relative
+        // accuracy but must stay within a rounding of 1 in absolute terms (≤ 2⁻²³·|ddelta|).
+        let deep = (0..<32).map { Float(-20 + 12 * Double($0) / 31) }
+        let dd = buf(deep)
+        Activations.softplusInPlace(dd.ptr, count: deep.count)
+        let gd = buf(count: deep.count)
+        Activations.softplusBackward(dpre: gd.ptr, ddelta: buf([Float](repeating: 1, count: deep.count)).ptr,
+                                     delta: dd.ptr, count: deep.count)
+        for i in 0..<deep.count {
+            let exact = 1 / (1 + Foundation.exp(-Double(deep[i])))
+            #expect(abs(Double(gd[i]) - exact) <= Double(Float.ulpOfOne), "softplus′(\(deep[i])) = \(gd[i]) vs \(exact)")
+        }
     }
 
     @Test func gate() {
@@ -543,7 +555,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         #expect(nonZeroBelow == 0, "\(nonZeroBelow) inputs below −87.4 gave a non-zero exp")
         // The doc promises ~2 ulp; single-precision ulp at 1 relative is 2⁻²³ ≈ 1.19e-7, plus Foundation's own
         // rounding when compared through Float: 3 ulp.
-        #expect(worstRel <= 3 * Double(Float.ulpOfOne), "worst relative error \(worstRel) at \(worstAt)")
+        #expect(worstRel <= 2 * Double(Float.ulpOfOne), "worst relative error \(worstRel) at \(worstAt)")
+        if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil { print("VM exp \(worstRel) at \(worstAt)") }
         // Against Foundation's Float exp as well, at the same points.
         var worstF: Float = 0
         var j = 0
@@ -557,7 +570,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
             }
             j += 64
         }
-        #expect(worstF <= 4 * Float.ulpOfOne, "vs Foundation exp(Float): \(worstF)")
+        #expect(worstF <= 2 * Float.ulpOfOne, "vs Foundation exp(Float): \(worstF)")
+        if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil { print("VM expF \(worstF)") }
     }
 
     @Test func siluSIMDAgainstScalar() {
@@ -583,5 +597,6 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
             i += 16
         }
         #expect(worst <= 4 * Float.ulpOfOne, "siluSIMD worst relative error \(worst) at \(worstAt)")
+        if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil { print("VM silu \(worst) at \(worstAt)") }
     }
 }

@@ -7,6 +7,8 @@ import Testing
 /// term of the maths contributes.
 enum TinyModel: String, CaseIterable, Sendable {
     case tied, untiedBias
+    /// ED = 48: three 16-channel scan blocks, split unevenly over two threads.
+    case wide
 
     var config: MambaConfig {
         switch self {
@@ -15,6 +17,9 @@ enum TinyModel: String, CaseIterable, Sendable {
         case .untiedBias:
             return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 4, expand: 2, dtRank: 3,
                                useBias: true, tie: false)
+        case .wide:
+            return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 4, expand: 3, useBias: true,
+                               tie: false)
         }
     }
 
@@ -22,10 +27,14 @@ enum TinyModel: String, CaseIterable, Sendable {
         let m = try MambaModel(config: config, seed: 7)
         var rng = RNG(seed: 99)
         for v in m.params.layout.views {
-            // dt bias: Δ then spans ~1e-3 … 1 instead of the narrow init band; A_log: distinct decay rates.
-            let s: Double = v.name.hasSuffix("dt_proj.bias") ? 1 : v.name.hasSuffix("A_log") ? 0.3 : 0.08
+            // dt bias: Δ ≈ 0.05 … 1 instead of the init band 1e-3 … 1e-1, and larger B, C (x_proj), so that the
+            // scan's parameters carry gradients comparable to the rest; A_log: distinct decay rates.
+            var (shift, s) = (0.0, 0.08)
+            if v.name.hasSuffix("dt_proj.bias") { (shift, s) = (3, 1) }
+            if v.name.hasSuffix("A_log") { s = 0.3 }
+            if v.name.hasSuffix("x_proj.weight") { s = 0.3 }
             let p = m.params.ptr(v)
-            for i in 0..<v.count { p[i] += Float(rng.normal() * s) }
+            for i in 0..<v.count { p[i] += Float(shift + rng.normal() * s) }
         }
         return m
     }
@@ -87,7 +96,7 @@ extension MambaModel {
 @Suite(.serialized) struct ModelEquivalenceTests {
     static let (B, L) = (2, 37)  // L > SelectiveScanSIMD.chunk: backward recomputes two chunks
 
-    @Test(arguments: TinyModel.allCases)
+    @Test(arguments: [TinyModel.tied, .untiedBias])
     func gradientsMatchFiniteDifferences(tiny: TinyModel) throws {
         let model = try tiny.make()
         let (B, L) = (Self.B, Self.L)
@@ -108,23 +117,24 @@ extension MambaModel {
             for _ in 0..<3 { idx.append(rng.int(below: v.count)) }
             let p = model.params.ptr(v)
             var vals = model.params.values(v.name)
-            // h = 1e-2 on parameters of size 0.1 … 3: the loss (≈ ln 32, Float logits) carries ~1e-7 relative rounding,
-            // so the quotient has ~2e-5 absolute noise; truncation h²·f‴ is of the same order. Gradients of the mean
-            // loss are 1e-4 … 1e-1: tolerance 5e-5 absolute plus 2 % relative.
-            let r = checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-5, rtol: 2e-2) { x in
+            // h = 1e-2 on parameters of size 0.1 … 3: the mean loss (≈ ln 32 from Float logits) carries ~1e-8
+            // rounding, so the quotient has ~1e-6 absolute noise (measured ≤ 2e-6 on the small A_log / dt gradients);
+            // truncation h²·f‴ is ≤ 1e-4 relative. The largest gradients per tensor are 1e-4 … 2e-1: tolerance 5e-6
+            // absolute plus 1 % relative.
+            let r = checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-6, rtol: 1e-2) { x in
                 let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
                 x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
                 defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
                 return model.meanLoss(ids, targets: targets, B: B, L: L)
             }
-            worst.append((v.name, r.worstAbs, r.relative))
+            worst.append((v.name + String(format: " scale %.2e", r.scale), r.worstAbs, r.relative))
         }
         if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
             for w in worst { print(String(format: "MODEL %@ %@ %.2e %.2e", tiny.rawValue, w.0, w.1, w.2)) }
         }
     }
 
-    @Test(arguments: TinyModel.allCases)
+    @Test(arguments: [TinyModel.tied, .untiedBias])
     func recurrentStepMatchesForward(tiny: TinyModel) throws {
         let model = try tiny.make()
         let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
@@ -148,7 +158,7 @@ extension MambaModel {
         equivalenceReport("\(tiny) step", stepped, full)
     }
 
-    @Test(arguments: TinyModel.allCases)
+    @Test(arguments: [TinyModel.tied, .untiedBias])
     func chunkedMatchesWhole(tiny: TinyModel) throws {
         let model = try tiny.make()
         let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
@@ -184,7 +194,7 @@ extension MambaModel {
         }
     }
 
-    @Test(arguments: TinyModel.allCases)
+    @Test(arguments: [TinyModel.tied, .untiedBias])
     func paddedMatchesUnpadded(tiny: TinyModel) throws {
         let model = try tiny.make()
         let (L, V) = (Self.L, model.config.vocabSize)
@@ -222,7 +232,7 @@ extension MambaModel {
     @Test func threadCountChangesOnlyRounding() throws {
         let saved = Parallel.threads
         defer { Parallel.setThreads(saved) }
-        let model = try TinyModel.untiedBias.make()
+        let model = try TinyModel.wide.make()
         let (B, L) = (Self.B, Self.L)
         let ids = randomTokens(B * L, V: model.config.vocabSize, seed: 31)
         let targets = nextTokenTargets(ids, B: B, L: L)

@@ -121,6 +121,12 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
             }
             let mult = try int("pad_vocab_size_multiple") ?? 8
             if mult > 1, v % mult != 0 { v += mult - v % mult }
+            if let di = try int("d_intermediate"), di > 0 {
+                throw MambaKitError(.config, "d_intermediate = \(di) (gated MLP sub-blocks) is not supported by this version", at: path)
+            }
+            if let attn = o["attn_layer_idx"] as? [Any], !attn.isEmpty {
+                throw MambaKitError(.config, "attention layers (attn_layer_idx) are not supported by this version", at: path)
+            }
             let ssm = o["ssm_cfg"] as? [String: Any] ?? [:]
             if let layer = ssm["layer"] as? String, layer != "Mamba1" {
                 throw MambaKitError(.config, "ssm_cfg.layer '\(layer)' is not supported (expected Mamba1)", at: path)
