@@ -26,11 +26,19 @@ implementations that MambaKit is compared against:
 
 Tasks
 -----
-train:    forward + backward + AdamW step on random byte tokens, mean
-          next-token cross-entropy (the same loss code for every
-          implementation). 1 warm-up step, then ``--train-steps`` timed steps
-          (only 1 if the warm-up step took longer than ``--slow-step-seconds``).
-          tokens/s = batch * seq_len / seconds-per-step.
+train:    forward + backward + AdamW step on a fixed batch of random byte
+          tokens, mean next-token cross-entropy (the same loss code for every
+          implementation). 1 warm-up step, then ``--train-steps`` timed steps;
+          only 1 if the warm-up step took longer than ``--slow-step-seconds``,
+          and none if it took longer than ``--reuse-warmup-seconds`` (the
+          warm-up step is then reported as the measured step).
+          tokens/s = batch * seq_len / seconds-per-step. The sequential
+          transformers path is very slow to train at long sequences: every
+          per-time-step slice of the (batch, d_inner, L, d_state) tensors gets a
+          full-size gradient in the backward pass, so a step costs O(L^2)
+          memory traffic. ``--slow-train-seq-len`` shortens only that entry;
+          it runs last, and if it is abandoned (``--job-timeout``) after its
+          warm-up step, the warm-up numbers are still reported.
 generate: greedy decoding with the recurrent state (cache): a random prompt of
           ``--prompt-len`` tokens, then ``--gen-tokens`` new tokens. The prompt
           pass (prefill) yields the first new token and is timed separately;
@@ -88,7 +96,9 @@ GEN_IMPLS = ["transformers", "mambapy"]
 # biases, norm weights, D or A_log).
 ADAMW = {"lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
 
-QUICK = {"train_seq_len": 256, "train_steps": 1, "gen_tokens": 32}
+# --quick: the sequential transformers path gets a shorter sequence because its
+# backward pass grows quadratically with the sequence length.
+QUICK = {"train_seq_len": 256, "slow_train_seq_len": 128, "train_steps": 1, "gen_tokens": 32}
 
 HF_PATH_NOTES = {
     "transformers": (
@@ -410,6 +420,16 @@ def next_token_loss(logits, ids):
 # --------------------------------------------------------------------------- #
 
 
+def write_partial(job, result):
+    path = job.get("_out")
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, path)
+
+
 def setup_torch(threads, seed):
     import torch
 
@@ -448,44 +468,58 @@ def job_train(job):
     pscan_calls = counter.calls
     log(f"  [{job['label']}] warm-up {warm:.2f} s, loss {warm_loss:.4f}, pscan calls {pscan_calls}")
 
-    steps = job["steps"]
-    notes = [impl.notes]
-    if steps > 1 and warm > job["slow_step_seconds"]:
-        notes.append(
-            f"warm-up step took {warm:.1f} s > {job['slow_step_seconds']:.0f} s, so only 1 timed step "
-            f"instead of {steps}"
-        )
-        steps = 1
-    times, losses = [], []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        losses.append(step())
-        times.append(time.perf_counter() - t0)
-        log(f"  [{job['label']}] step {i + 1}/{steps}: {times[-1]:.2f} s, loss {losses[-1]:.4f}")
-    sec = sum(times) / len(times)
-
     expect_pscan = job["impl"] != "transformers"
     if expect_pscan and pscan_calls == 0:
         raise RuntimeError("expected the parallel scan (mambapy.pscan) to run, but it was never called")
     if not expect_pscan and pscan_calls != 0:
         raise RuntimeError("expected the sequential scan, but mambapy.pscan was called")
 
+    common = {
+        "warmup_seconds": warm,
+        "pscan_calls_per_step": pscan_calls,
+        "params": count_params(model),
+        "rss_baseline_mb": baseline,
+    }
+    # If the parent has to abandon a very long timed step, it still finds this.
+    write_partial(job, dict(common, partial=True, warmup_tokens_per_s=B * L / warm, peak_rss_mb=peak_rss_mb()))
+
+    steps = job["steps"]
+    notes = [impl.notes]
+    times, losses = [], []
+    if warm > job["reuse_warmup_seconds"]:
+        notes.append(
+            f"the warm-up step took {warm:.0f} s (> {job['reuse_warmup_seconds']:.0f} s), so it is reported as "
+            f"the single measured step (first-call overheads are negligible at that length) instead of "
+            f"running another step"
+        )
+        times, losses = [warm], [warm_loss]
+    else:
+        if steps > 1 and warm > job["slow_step_seconds"]:
+            notes.append(
+                f"warm-up step took {warm:.1f} s > {job['slow_step_seconds']:.0f} s, so only 1 timed step "
+                f"instead of {steps}"
+            )
+            steps = 1
+        for i in range(steps):
+            t0 = time.perf_counter()
+            losses.append(step())
+            times.append(time.perf_counter() - t0)
+            log(f"  [{job['label']}] step {i + 1}/{steps}: {times[-1]:.2f} s, loss {losses[-1]:.4f}")
+    sec = sum(times) / len(times)
+
     notes.append(
         f"tokens/s = batch*seq_len/(mean s per step); step = zero_grad + forward + mean next-token CE + "
         f"backward{' + clip_grad_norm' if max_norm and max_norm > 0 else ''} + AdamW; float32"
     )
-    return {
-        "tokens_per_s": B * L / sec,
-        "seconds": sec,
-        "step_seconds": times,
-        "warmup_seconds": warm,
-        "steps_timed": steps,
-        "loss": sum(losses) / len(losses),
-        "pscan_calls_per_step": pscan_calls,
-        "params": count_params(model),
-        "rss_baseline_mb": baseline,
-        "notes": "; ".join(notes),
-    }
+    return dict(
+        common,
+        tokens_per_s=B * L / sec,
+        seconds=sec,
+        step_seconds=times,
+        steps_timed=len(times),
+        loss=sum(losses) / len(losses),
+        notes="; ".join(notes),
+    )
 
 
 def job_generate(job):
@@ -637,13 +671,26 @@ def job_env(job):
     return info
 
 
+def job_env_parity(job):
+    """Environment facts plus (unless skipped) the parity check, in one process."""
+    out = {"env": job_env(job)}
+    if job.get("parity"):
+        try:
+            out["parity"] = job_parity(job)
+        except Exception as exc:
+            log(traceback.format_exc())
+            out["parity"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
 def worker_main(job_json, out_path):
     job = json.loads(job_json)
+    job["_out"] = out_path
     result = {}
     rc = 0
     t0 = time.perf_counter()
     try:
-        fn = {"train": job_train, "generate": job_generate, "parity": job_parity, "env": job_env}[job["task"]]
+        fn = {"train": job_train, "generate": job_generate, "env": job_env_parity}[job["task"]]
         result = fn(job)
         try:
             import torch
@@ -683,32 +730,47 @@ def run_worker(job, timeout, threads, omp_wait_policy=None):
     os.close(fd)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker-job", json.dumps(job), "--worker-out", out_path]
     t0 = time.perf_counter()
+
+    def read_result():
+        try:
+            with open(out_path) as f:
+                text = f.read()
+            return json.loads(text) if text.strip() else None
+        except (OSError, ValueError):
+            return None
+
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=None, stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait(timeout=timeout)
+            why = None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            return {"error": f"timed out after {timeout:.0f} s"}, time.perf_counter() - t0
-        try:
-            with open(out_path) as f:
-                text = f.read()
-            res = json.loads(text) if text.strip() else None
-        except (OSError, ValueError):
-            res = None
-        if res is None:
-            if rc < 0:
-                why = f"worker killed by signal {-rc}" + (" (out of memory?)" if -rc == 9 else "")
-            else:
-                why = f"worker exited with code {rc} without a result"
+            rc = None
+            why = f"timed out after {timeout:.0f} s"
+        res = read_result()
+        if why is None and rc < 0:
+            why = f"worker killed by signal {-rc}" + (" (out of memory?)" if -rc == 9 else "")
+        elif why is None and res is None:
+            why = f"worker exited with code {rc} without a result"
+        if why is not None:
+            partial = res if res and res.get("partial") else None
             res = {"error": why}
+            if partial:
+                partial.pop("partial")
+                res["error"] += "; only the warm-up step finished (its numbers are included)"
+                res.update(partial)
+        elif res.get("partial"):
+            res = {"error": f"worker exited with code {rc} after the warm-up step", **res}
+            res.pop("partial")
         return res, time.perf_counter() - t0
     finally:
-        try:
-            os.unlink(out_path)
-        except OSError:
-            pass
+        for path in (out_path, out_path + ".tmp"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def plan(args):
@@ -720,6 +782,7 @@ def plan(args):
         if c not in CONFIGS:
             raise SystemExit(f"unknown config {c!r}; choose from {sorted(CONFIGS)}")
     base = dict(threads=args.threads, seed=args.seed)
+    train_jobs = []
     if "train" in tasks:
         for impl in TRAIN_IMPLS:
             if impls and impl not in impls:
@@ -727,7 +790,7 @@ def plan(args):
             L = args.train_seq_len
             if impl == "transformers" and args.slow_train_seq_len:
                 L = args.slow_train_seq_len
-            jobs.append(
+            train_jobs.append(
                 dict(
                     base,
                     task="train",
@@ -737,9 +800,12 @@ def plan(args):
                     seq_len=L,
                     steps=args.train_steps,
                     slow_step_seconds=args.slow_step_seconds,
+                    reuse_warmup_seconds=args.reuse_warmup_seconds,
                     max_grad_norm=args.max_grad_norm,
                 )
             )
+    # the sequential transformers path can take very long: run it last
+    jobs.extend(j for j in train_jobs if j["impl"] != "transformers")
     if "generate" in tasks:
         for cfg in configs:
             for b in [int(x) for x in args.gen_batches.split(",")]:
@@ -758,6 +824,7 @@ def plan(args):
                             gen_tokens=args.gen_tokens,
                         )
                     )
+    jobs.extend(j for j in train_jobs if j["impl"] == "transformers")
     for j in jobs:
         j["label"] = f"{j['task']} {j['impl']} {j['config']} B={j['batch']} L={j['seq_len']}"
     return jobs
@@ -815,6 +882,13 @@ def main(argv=None):
         default=60.0,
         help="if the warm-up step takes longer than this, time only 1 step (default 60)",
     )
+    p.add_argument(
+        "--reuse-warmup-seconds",
+        type=float,
+        default=600.0,
+        help="if the warm-up step takes longer than this, report it as the one measured step instead of "
+        "running another (default 600)",
+    )
     p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip_grad_norm_ in each step if > 0 (default off)")
     p.add_argument("--gen-tokens", type=int, default=None, help="new tokens per sequence (default 256)")
     p.add_argument("--prompt-len", type=int, default=16)
@@ -830,7 +904,9 @@ def main(argv=None):
         help="set OMP_WAIT_POLICY for the measurements (default: leave the environment as it is)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--job-timeout", type=float, default=3600.0, help="seconds before a measurement is abandoned")
+    p.add_argument(
+        "--job-timeout", type=float, default=10800.0, help="seconds before a measurement is abandoned (default 10800)"
+    )
     p.add_argument("--output", default=None, help="also write the JSON to this file")
     p.add_argument("--worker-job", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
@@ -845,6 +921,8 @@ def main(argv=None):
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, QUICK[k] if args.quick else v)
+    if args.quick and args.slow_train_seq_len is None:
+        args.slow_train_seq_len = min(QUICK["slow_train_seq_len"], args.train_seq_len)
 
     t_start = time.perf_counter()
     out = {
@@ -864,6 +942,7 @@ def main(argv=None):
             "slow_train_seq_len": args.slow_train_seq_len or args.train_seq_len,
             "train_steps": args.train_steps,
             "slow_step_seconds": args.slow_step_seconds,
+            "reuse_warmup_seconds": args.reuse_warmup_seconds,
             "max_grad_norm": args.max_grad_norm,
             "adamw": ADAMW,
             "prompt_len": args.prompt_len,
@@ -880,25 +959,21 @@ def main(argv=None):
     if la is not None and la > 0.5:
         log(f"WARNING: 1-minute load average is {la}: other work is running, numbers will be unreliable")
     wp = args.omp_wait_policy
-    env_res, _ = run_worker(dict(task="env", threads=args.threads, seed=args.seed, label="env"), 600, args.threads, wp)
-    if "error" in env_res:
-        out["env_error"] = env_res["error"]
-    else:
-        for k in ("torch", "transformers", "mambapy"):
-            if env_res.get(k):
-                out[k] = env_res[k]
-        out["optional_kernels_installed"] = env_res.get("optional_kernels_installed")
-        out["mkldnn"] = env_res.get("mkldnn")
-
     if not args.skip_parity:
         log("parity check (same weights in transformers sequential / use_mambapy / mambapy) ...")
-        par, _ = run_worker(
-            dict(task="parity", threads=args.threads, seed=args.seed, label="parity"), 900, args.threads, wp
-        )
-        par.pop("process_seconds", None)
-        par.pop("torch_threads", None)
-        if "peak_rss_mb" in par:
-            par.pop("peak_rss_mb")
+    env_job = dict(task="env", parity=not args.skip_parity, threads=args.threads, seed=args.seed, label="env")
+    env_res, _ = run_worker(env_job, 900, args.threads, wp)
+    if "error" in env_res:
+        out["env_error"] = env_res["error"]
+    env = env_res.get("env") or {}
+    for k in ("torch", "transformers", "mambapy"):
+        if env.get(k):
+            out[k] = env[k]
+    for k in ("optional_kernels_installed", "mkldnn"):
+        if k in env:
+            out[k] = env[k]
+    if not args.skip_parity:
+        par = env_res.get("parity") or {"error": env_res.get("error", "no result")}
         out["parity"] = {k: (rnd(v, 8) if isinstance(v, float) else v) for k, v in par.items()}
         log(f"  parity: {json.dumps(out['parity'])}")
 

@@ -14,6 +14,9 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("gen-tokens"), help: "Generated tokens per measurement.") var genTokens: Int = 256
     @Option(help: "Python interpreter with torch, transformers and mambapy: also run scripts/bench_torch.py.") var torch: String?
     @Option(help: "Write the JSON results here as well.") var output: String?
+    @Option(help: "Run only these measurements: train, generate (comma-separated).") var only: String?
+    @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m (comma-separated).") var genConfigs: String = "reference,mamba130m"
+    @Option(name: .customLong("gen-batches"), help: "Generation batch sizes (comma-separated).") var genBatches: String = "1,16"
     @OptionGroup var common: CommonOptions
 
     func run() throws {
@@ -27,10 +30,15 @@ struct Bench: ParsableCommand {
             let reference = MambaConfig(vocabSize: 256, dModel: 256, layers: 4, dState: 16, dConv: 4, expand: 2)
             let m130 = MambaConfig(vocabSize: 256, dModel: 768, layers: 24, dState: 16, dConv: 4, expand: 2)
             let L = quick ? 256 : 2048
-            results.append(try benchTrain(config: reference, name: "reference", B: 4, L: L, steps: quick ? 1 : trainSteps))
+            let parts = Set((only ?? "train,generate").split(separator: ",").map(String.init))
+            if parts.contains("train") {
+                results.append(try benchTrain(config: reference, name: "reference", B: 4, L: L, steps: quick ? 1 : trainSteps))
+            }
             let n = quick ? 32 : genTokens
-            for (cfg, name) in [(reference, "reference"), (m130, "mamba130m")] {
-                for b in [1, 16] {
+            let configs = [(reference, "reference"), (m130, "mamba130m")].filter { genConfigs.split(separator: ",").contains(Substring($0.1)) }
+            let batches = genBatches.split(separator: ",").compactMap { Int($0) }
+            for (cfg, name) in parts.contains("generate") ? configs : [] {
+                for b in batches {
                     var r = try benchGenerate(config: cfg, name: name, batch: b, tokens: n)
                     if b == 1 {
                         let bytesPerToken = Double(cfg.parameterCount * 4)

@@ -2,13 +2,16 @@ import Foundation
 import MambaKit
 import Testing
 
-/// Two small random models: tied head, K = 3, R = 1; and untied head with in/out_proj biases, K = 4, R = 3. Their
-/// parameters are moved away from the initialisation (zero biases, A_log = log n, D = 1, unit norms) so that every
-/// term of the maths contributes.
-enum TinyModel: String, CaseIterable, Sendable {
+/// Small random models (V 32, D 16, 2 layers): tied head with N = 4, K = 3, R = 1; untied head with in/out_proj
+/// biases, N = 4, K = 4, R = 3; one with K = 1; and a wider untied one (E = 3, N = 16). Their parameters are moved
+/// away from the initialisation (zero biases, A_log = log n, D = 1, unit norms) so that every term contributes.
+enum TinyModel: String, Sendable {
     case tied, untiedBias
-    /// ED = 48: three 16-channel scan blocks, split unevenly over two threads.
+    /// ED = 48, N = 16: three 16-channel scan blocks, enough work per block (with B·L ≥ 320) for the scan to use
+    /// two threads, which split them unevenly.
     case wide
+    /// K = 1: no conv state to carry.
+    case pointConv
 
     var config: MambaConfig {
         switch self {
@@ -17,8 +20,10 @@ enum TinyModel: String, CaseIterable, Sendable {
         case .untiedBias:
             return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 4, expand: 2, dtRank: 3,
                                useBias: true, tie: false)
+        case .pointConv:
+            return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 1, expand: 2)
         case .wide:
-            return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 4, expand: 3, useBias: true,
+            return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 16, dConv: 4, expand: 3, useBias: true,
                                tie: false)
         }
     }
@@ -108,10 +113,9 @@ extension MambaModel {
         let loss0 = model.meanLoss(ids, targets: targets, B: B, L: L)
         #expect(abs(sum / Double(count) - loss0) < 1e-6 * loss0, "backward's loss \(sum / Double(count)) vs \(loss0)")
         var rng = RNG(seed: 3)
-        var worst: [(String, Double, Double)] = []
         for v in model.params.layout.views {
             let g = model.grads.values(v.name)
-            #expect(maxAbs(g) > 0, "\(v.name): zero gradient")
+            #expect(largestMagnitude(g) > 0, "\(v.name): zero gradient")
             // The largest entry and three random ones.
             var idx = [g.indices.max { abs(g[$0]) < abs(g[$1]) }!]
             for _ in 0..<3 { idx.append(rng.int(below: v.count)) }
@@ -121,27 +125,23 @@ extension MambaModel {
             // rounding, so the quotient has ~1e-6 absolute noise (measured ≤ 2e-6 on the small A_log / dt gradients);
             // truncation h²·f‴ is ≤ 1e-4 relative. The largest gradients per tensor are 1e-4 … 2e-1: tolerance 5e-6
             // absolute plus 1 % relative.
-            let r = checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-6, rtol: 1e-2) { x in
+            checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-6, rtol: 1e-2) { x in
                 let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
                 x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
                 defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
                 return model.meanLoss(ids, targets: targets, B: B, L: L)
             }
-            worst.append((v.name + String(format: " scale %.2e", r.scale), r.worstAbs, r.relative))
-        }
-        if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
-            for w in worst { print(String(format: "MODEL %@ %@ %.2e %.2e", tiny.rawValue, w.0, w.1, w.2)) }
         }
     }
 
-    @Test(arguments: [TinyModel.tied, .untiedBias])
+    @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv])
     func recurrentStepMatchesForward(tiny: TinyModel) throws {
         let model = try tiny.make()
         let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
         let ids = randomTokens(B * L, V: V, seed: 11)
         let full = model.logits(ids, B: B, L: L, training: true)
         let inference = model.logits(ids, B: B, L: L, training: false)
-        let scale = maxAbs(full)
+        let scale = largestMagnitude(full)
         // Training and inference workspaces run the same operations: within rounding (bit-identical in practice).
         expectClose("\(tiny) inference vs training workspace", inference, full, atol: 1e-6 * scale, rtol: 1e-6)
         let ws = Workspace(config: model.config, B: B, L: 1, training: false)
@@ -152,19 +152,18 @@ extension MambaModel {
             col.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state) }
             for b in 0..<B { for v in 0..<V { stepped[(b * L + t) * V + v] = ws.logits[b * V + v] } }
         }
-        // Same maths, sgemm over 2 rows instead of 74 and the state carried through memory: rounding only, which
-        // stays ~1e-7 relative through two layers.
+        // Same maths, sgemm over 2 rows instead of 74 and the state carried through memory: at most rounding
+        // (~1e-7 relative through two layers; bit-identical on this toolchain and OpenBLAS).
         expectClose("\(tiny) step vs forward", stepped, full, atol: 1e-5 * scale, rtol: 1e-5)
-        equivalenceReport("\(tiny) step", stepped, full)
     }
 
-    @Test(arguments: [TinyModel.tied, .untiedBias])
+    @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv])
     func chunkedMatchesWhole(tiny: TinyModel) throws {
         let model = try tiny.make()
         let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
         let ids = randomTokens(B * L, V: V, seed: 12)
         let full = model.logits(ids, B: B, L: L)
-        // Chunks of 1 and 2 are shorter than K − 1 (2 or 3): the conv context must carry inputs across several chunks.
+        // Chunks of 1 and 2 are shorter than K − 1 (2, 3): the conv context must carry inputs across several chunks.
         let sizes = [1, 1, 2, 5, 13, 1, 3, 11]
         precondition(sizes.reduce(0, +) == L)
         let state = RecurrentState(config: model.config, batch: B)
@@ -181,9 +180,8 @@ extension MambaModel {
             }
             t0 += n
         }
-        let scale = maxAbs(full)
+        let scale = largestMagnitude(full)
         expectClose("\(tiny) chunked vs whole", chunked, full, atol: 1e-5 * scale, rtol: 1e-5)
-        equivalenceReport("\(tiny) chunked", chunked, full)
         // `lastOnly` gives the last position's logits in row b.
         let ws = Workspace(config: model.config, B: B, L: L, training: false)
         ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, lastOnly: true) }
@@ -205,10 +203,10 @@ extension MambaModel {
         let batch = a + b + pad
         let both = model.logits(batch, B: 2, L: L)
         let alone = [model.logits(a, B: 1, L: L), model.logits(b, B: 1, L: Lb)]
-        let scale = maxAbs(both)
+        let scale = largestMagnitude(both)
         expectClose("\(tiny) padded row 0", Array(both[0..<(L * V)]), alone[0], atol: 1e-5 * scale, rtol: 1e-5)
-        expectClose("\(tiny) padded row 1", Array(both[(L * V)..<((L + Lb) * V)]), alone[1], atol: 1e-5 * scale, rtol: 1e-5)
-        equivalenceReport("\(tiny) padded", Array(both[(L * V)..<((L + Lb) * V)]), alone[1])
+        expectClose("\(tiny) padded row 1", Array(both[(L * V)..<((L + Lb) * V)]), alone[1], atol: 1e-5 * scale,
+                    rtol: 1e-5)
         // Gradients: the padded batch with its padding ignored equals the two sequences' gradients summed
         // (loss scale 1, so both sides are gradients of the same Σ NLL).
         var targets = nextTokenTargets(batch, B: 2, L: L)
@@ -219,21 +217,18 @@ extension MambaModel {
         let sb = model.gradients(b, targets: nextTokenTargets(b, B: 1, L: Lb), B: 1, L: Lb, lossScale: 1, zero: false)
         #expect(padded.count == sa.count + sb.count)
         #expect(abs(padded.sum - (sa.sum + sb.sum)) < 1e-5 * padded.sum, "Σ NLL \(padded.sum) vs \(sa.sum + sb.sum)")
-        var worst: Float = 0
         for (v, gp) in zip(model.params.layout.views, gPadded) {
             let gs = model.grads.values(v.name)
             // Float sums over B·L rows in another grouping: relative to the tensor's largest entry.
-            expectClose("\(tiny) padded grad \(v.name)", gp, gs, atol: 1e-5 * maxAbs(gs), rtol: 1e-4)
-            worst = max(worst, maxAbsDiff(gp, gs) / maxAbs(gs))
+            expectClose("\(tiny) padded grad \(v.name)", gp, gs, atol: 1e-5 * largestMagnitude(gs), rtol: 1e-4)
         }
-        if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil { print("EQ \(tiny) padded grads \(worst)") }
     }
 
     @Test func threadCountChangesOnlyRounding() throws {
         let saved = Parallel.threads
         defer { Parallel.setThreads(saved) }
         let model = try TinyModel.wide.make()
-        let (B, L) = (Self.B, Self.L)
+        let (B, L) = (2, 160)  // the kernels split work over threads only above a minimum size
         let ids = randomTokens(B * L, V: model.config.vocabSize, seed: 31)
         let targets = nextTokenTargets(ids, B: B, L: L)
         func run() -> (logits: [Float], grads: [[Float]], loss: Double) {
@@ -248,23 +243,15 @@ extension MambaModel {
             // Same thread count: the same bits (static partitions, fixed reduction order).
             #expect(first.logits == second.logits && first.grads == second.grads && first.loss == second.loss,
                     "threads \(t): two runs differ")
-            // Across thread counts only the grouping of sums changes: rounding, relative to each tensor's scale.
-            expectClose("threads \(t) logits", first.logits, one.logits, atol: 1e-6 * maxAbs(one.logits), rtol: 1e-6)
-            #expect(abs(first.loss - one.loss) < 1e-9 * one.loss)
-            var worst: Float = 0
+            // Across thread counts only rounding changes: OpenBLAS splits some products differently (x_proj's, with
+            // an odd output width, differs in the last bits), and the scan's dB, dC sum per-thread partials. Measured:
+            // logits ≤ 3e-7 and gradients ≤ 7e-7 of each tensor's largest entry, Σ NLL 1.5e-9 relative.
+            expectClose("threads \(t) logits", first.logits, one.logits, atol: 2e-6 * largestMagnitude(one.logits),
+                        rtol: 1e-6)
+            #expect(abs(first.loss - one.loss) < 1e-7 * one.loss, "threads \(t): Σ NLL \(first.loss) vs \(one.loss)")
             for (v, (g, g1)) in zip(model.params.layout.views, zip(first.grads, one.grads)) {
-                expectClose("threads \(t) grad \(v.name)", g, g1, atol: 1e-6 * maxAbs(g1), rtol: 1e-5)
-                worst = max(worst, maxAbsDiff(g, g1) / maxAbs(g1))
-            }
-            if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
-                print("EQ threads \(t) logits \(maxAbsDiff(first.logits, one.logits) / maxAbs(one.logits)) grads \(worst)")
+                expectClose("threads \(t) grad \(v.name)", g, g1, atol: 5e-6 * largestMagnitude(g1), rtol: 1e-5)
             }
         }
-    }
-}
-
-func equivalenceReport(_ tag: String, _ a: [Float], _ b: [Float]) {
-    if ProcessInfo.processInfo.environment["FD_VERBOSE"] != nil {
-        print("EQ \(tag) \(maxAbsDiff(a, b) / maxAbs(b))")
     }
 }

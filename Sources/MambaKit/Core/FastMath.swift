@@ -30,6 +30,48 @@ public func expSIMD(_ x: F16x) -> F16x {
     return (p * scale).replacing(with: 0, where: x .< lo).replacing(with: .infinity, where: x .> hi)
 }
 
+/// Natural log of 16 positive lanes (the classic single-precision scheme: x = m·2^e with m in [√½, √2), a degree-8
+/// polynomial in m − 1, and e·ln 2 added in two parts); within a few ulp for positive normal inputs. Zero,
+/// subnormals, infinities and NaN are not handled: the only caller (softplus) passes values in [1, 2].
+@inline(__always)
+public func logSIMD(_ x: F16x) -> F16x {
+    let bits = unsafeBitCast(x, to: SIMD16<Int32>.self)
+    var e = (bits &>> 23) &- 126
+    var m = unsafeBitCast((bits & 0x007F_FFFF) | 0x3F00_0000, to: F16x.self)  // in [0.5, 1)
+    let small = m .< 0.707106781186547524
+    e = e.replacing(with: e &- 1, where: small)
+    m = m.replacing(with: m + m, where: small) - 1
+    // float(e) without a per-lane conversion: the 1.5·2^23 trick in reverse.
+    let ef = unsafeBitCast(e &+ 0x4B40_0000, to: F16x.self) - 12_582_912
+    let z = m * m
+    var p = F16x(repeating: 7.0376836292e-2)
+    p = p * m - 1.1514610310e-1
+    p = p * m + 1.1676998740e-1
+    p = p * m - 1.2420140846e-1
+    p = p * m + 1.4249322787e-1
+    p = p * m - 1.6668057665e-1
+    p = p * m + 2.0000714765e-1
+    p = p * m - 2.4999993993e-1
+    p = p * m + 3.3333331174e-1
+    var y = m * z * p
+    y = y + ef * -2.12194440e-4
+    y = y - 0.5 * z
+    return m + y + ef * 0.693359375
+}
+
+/// softplus of 16 lanes with PyTorch's threshold (x > 20 → x): max(x, 0) + log1p(e^−|x|), where log1p(t) is
+/// log(1+t)·t/((1+t)−1) so that small t keep full relative precision.
+@inline(__always)
+public func softplusSIMD(_ x: F16x) -> F16x {
+    let ax = x.replacing(with: -x, where: x .< 0)
+    let t = expSIMD(-ax)
+    let u = 1 + t
+    let d = u - 1
+    let l1p = (logSIMD(u) * (t / d)).replacing(with: t, where: d .== 0)
+    let r = x.replacing(with: 0, where: x .< 0) + l1p
+    return r.replacing(with: x, where: x .> 20)
+}
+
 /// SiLU of 16 lanes: x·sigmoid(x) = x / (1 + e^−x).
 @inline(__always)
 public func siluSIMD(_ x: F16x) -> F16x { x / (1 + expSIMD(-x)) }

@@ -29,9 +29,11 @@ public enum Parallel {
 
     /// Runs `body(lo, hi)` over a static partition of `0..<count` into at most `threads` contiguous ranges.
     /// `body` must only write memory that belongs to its range (or to its worker index).
+    /// `grain` is the least number of items worth a thread of their own: below `2·grain` items the loop runs on
+    /// the calling thread (waking a worker costs microseconds, more than a generation step's small loops).
     @inline(__always)
-    public static func forRanges(_ count: Int, _ body: (_ worker: Int, _ lo: Int, _ hi: Int) -> Void) {
-        let t = min(_threads, count)
+    public static func forRanges(_ count: Int, grain: Int = 1, _ body: (_ worker: Int, _ lo: Int, _ hi: Int) -> Void) {
+        let t = min(_threads, count / max(grain, 1))
         if t <= 1 {
             if count > 0 { body(0, 0, count) }
             return
@@ -44,7 +46,7 @@ public enum Parallel {
     }
 
     /// The number of workers `forRanges(count)` will use.
-    public static func workers(for count: Int) -> Int { max(1, min(_threads, count)) }
+    public static func workers(for count: Int, grain: Int = 1) -> Int { max(1, min(_threads, count / max(grain, 1))) }
 }
 
 #if canImport(Glibc)

@@ -12,6 +12,7 @@ public final class Generator {
         self.batch = batch
         state = RecurrentState(config: model.config, batch: batch)
         stepWS = Workspace(config: model.config, B: batch, L: 1, training: false)
+        stepWS.parametersFrozen = true
     }
 
     /// Runs the prompts (`batch` rows of equal length) from zero state; returns the logits `(batch, V)` of the

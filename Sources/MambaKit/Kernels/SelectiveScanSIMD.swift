@@ -21,7 +21,9 @@ public enum SelectiveScanSIMD {
         let (L, ED, N) = (s.L, s.ED, s.N)
         let nBlocks = (ED + 15) / 16
         let nChunks = (L + chunk - 1) / chunk
-        Parallel.forRanges(nBlocks) { _, lo, hi in
+        // A block of 16 channels costs ~N·B·L·2 ns; keep ≥ ~20 µs per thread.
+        let grain = max(1, 10_000 / max(1, N * s.B * L))
+        Parallel.forRanges(nBlocks, grain: grain) { _, lo, hi in
             let h = UnsafeMutablePointer<F16x>.allocate(capacity: N)
             let Av = UnsafeMutablePointer<F16x>.allocate(capacity: N)
             defer { h.deallocate(); Av.deallocate() }
@@ -69,11 +71,12 @@ public enum SelectiveScanSIMD {
         let (L, ED, N) = (s.L, s.ED, s.N)
         let nBlocks = (ED + 15) / 16
         let nChunks = (L + chunk - 1) / chunk
-        let workers = Parallel.workers(for: nBlocks)
+        let grain = max(1, 10_000 / max(1, N * s.B * L))
+        let workers = Parallel.workers(for: nBlocks, grain: grain)
         let BLN = s.B * L * N
         // Per-worker dB, dC partial sums over that worker's channel blocks.
         let partial = FloatBuffer(count: workers * 2 * BLN)
-        Parallel.forRanges(nBlocks) { wk, lo, hi in
+        Parallel.forRanges(nBlocks, grain: grain) { wk, lo, hi in
             let hs = UnsafeMutablePointer<F16x>.allocate(capacity: (chunk + 1) * N)
             let Av = UnsafeMutablePointer<F16x>.allocate(capacity: N)
             let gnext = UnsafeMutablePointer<F16x>.allocate(capacity: N)

@@ -33,10 +33,16 @@ public enum Activations {
         }
     }
 
-    /// In place: x ← softplus(x), with PyTorch's threshold 20 (linear above it). Scalar libm: Δ needs log1p.
+    /// In place: x ← softplus(x), with PyTorch's threshold 20 (linear above it).
     public static func softplusInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
         Parallel.forRanges((count + 4095) / 4096) { _, lo, hi in
-            for i in (lo * 4096)..<min(count, hi * 4096) { x[i] = softplus(x[i]) }
+            var i = lo * 4096
+            let end = min(count, hi * 4096)
+            while i < end {
+                let n = min(16, end - i)
+                storeF16x(softplusSIMD(loadF16x(x + i, n)), x + i, n)
+                i += n
+            }
         }
     }
 

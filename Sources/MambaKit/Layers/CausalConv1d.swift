@@ -11,7 +11,7 @@ public enum CausalConv1d {
                                weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                context: UnsafePointer<Float>?,
                                B: Int, L: Int, ED: Int, K: Int) {
-        Parallel.forRanges(B * L) { _, lo, hi in
+        Parallel.forRanges(B * L, grain: max(1, 16_384 / max(1, ED * K))) { _, lo, hi in
             for row in lo..<hi {
                 let b = row / L, t = row % L
                 let o = out + row * ED
@@ -105,24 +105,25 @@ public enum CausalConv1d {
                                    context: UnsafePointer<Float>?, B: Int, L: Int, ED: Int, K: Int) {
         let C = K - 1
         if C == 0 { return }
-        var tmp = [Float](repeating: 0, count: C * ED)
         for b in 0..<B {
-            for j in 0..<C {
-                // position j of the new context is time L − C + j (negative: from the old context).
-                let src = L - C + j
-                tmp.withUnsafeMutableBufferPointer { tb in
-                    let dst = tb.baseAddress! + j * ED
-                    if src >= 0 {
-                        let xr = x + (b * L + src) * ldx
-                        dst.update(from: xr, count: ED)
-                    } else if let context {
-                        dst.update(from: context + (b * C + (C + src)) * ED, count: ED)
-                    } else {
-                        dst.update(repeating: 0, count: ED)
-                    }
+            let dst = next + b * C * ED
+            if L >= C {
+                for j in 0..<C { (dst + j * ED).update(from: x + (b * L + L - C + j) * ldx, count: ED) }
+            } else {
+                // Shift the old context left by L (memmove semantics: `next` may be `context`), then append x.
+                let keep = C - L
+                if let context {
+                    let src = context + b * C * ED + L * ED
+                    memmove(dst, src, keep * ED * 4)
+                } else {
+                    dst.update(repeating: 0, count: keep * ED)
                 }
+                for j in 0..<L { (dst + (keep + j) * ED).update(from: x + (b * L + j) * ldx, count: ED) }
             }
-            tmp.withUnsafeBufferPointer { (next + b * C * ED).update(from: $0.baseAddress!, count: C * ED) }
         }
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -21,6 +21,12 @@ public enum Linear {
             if bias == nil { for m in 0..<M { (out + m * ldo).update(repeating: 0, count: O) } }
             return
         }
+        if M == 1 {
+            // One row (a generation step at batch 1): matrix-vector, which streams W once at memory bandwidth.
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(O), Int32(I), 1, weight, Int32(I), inp, 1,
+                        bias == nil ? 0 : 1, out, 1)
+            return
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(O), Int32(I),
                     1, inp, Int32(ldi), weight, Int32(I), bias == nil ? 0 : 1, out, Int32(ldo))
     }

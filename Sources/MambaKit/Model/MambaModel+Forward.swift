@@ -23,8 +23,10 @@ extension MambaModel {
         for (l, lv) in layerViews.enumerated() {
             let a = ws.layers[ws.training ? l : 0]
             let At = ws.At[l].ptr
-            let aLog = p.ptr(lv.aLog)
-            for d in 0..<ED { for n in 0..<N { At[n * ED + d] = -expf(aLog[d * N + n]) } }
+            if !(ws.parametersFrozen && ws.aReady) {
+                let aLog = p.ptr(lv.aLog)
+                for d in 0..<ED { for n in 0..<N { At[n * ED + d] = -expf(aLog[d * N + n]) } }
+            }
             // h = RMSNorm(x) (into `gated` as scratch: it is free until the gate)
             let normed = ws.gated.ptr
             RMSNorm.forward(out: normed, rstd: a.rstd.ptr, inp: a.resid.ptr, weight: p.ptr(lv.norm),
@@ -63,6 +65,7 @@ extension MambaModel {
             for i in 0..<(BL * D) { mixOut[i] += res[i] }
             if !ws.training, next != mixOut { next.update(from: mixOut, count: BL * D) }
         }
+        ws.aReady = true
         // logits = lm_head(RMSNorm_f(x_L))
         RMSNorm.forward(out: ws.normF.ptr, rstd: ws.rstdF.ptr, inp: ws.residF.ptr, weight: p.ptr(normFView),
                         M: BL, D: D, eps: c.layerNormEpsilon)

@@ -27,6 +27,10 @@ public final class Workspace {
     public let B: Int, L: Int
     public let training: Bool
     let c: MambaConfig
+    /// Set by owners that never change the parameters while they hold the workspace (generation, evaluation):
+    /// A = −exp(A_log)ᵀ is then computed on the first forward only instead of on every call.
+    public var parametersFrozen = false
+    var aReady = false
 
     final class LayerActs {
         let resid, rstd, xz, convPre, u, xdbl, delta, y: FloatBuffer

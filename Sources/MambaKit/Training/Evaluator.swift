@@ -25,7 +25,10 @@ public enum Evaluator {
             let n = min(chunk, pending.count - 1)
             let ws: Workspace
             if n == chunk {
-                if wsFull == nil { wsFull = Workspace(config: c, B: 1, L: chunk, training: false) }
+                if wsFull == nil {
+                    wsFull = Workspace(config: c, B: 1, L: chunk, training: false)
+                    wsFull!.parametersFrozen = true
+                }
                 ws = wsFull!
             } else {
                 ws = Workspace(config: c, B: 1, L: n, training: false)
