@@ -777,6 +777,8 @@ def plan(args):
     jobs = []
     tasks = set(args.tasks.split(","))
     impls = set(args.impls.split(",")) if args.impls else None
+    if impls and not impls <= set(TRAIN_IMPLS + GEN_IMPLS):
+        raise SystemExit(f"unknown impl(s) {sorted(impls - set(TRAIN_IMPLS + GEN_IMPLS))}")
     configs = args.configs.split(",")
     for c in configs:
         if c not in CONFIGS:
@@ -843,7 +845,7 @@ def make_entry(job, res):
     entry["seconds"] = rnd(res.get("seconds"), 4)
     entry["peak_rss_mb"] = rnd(res.get("peak_rss_mb"), 1)
     if job["task"] == "train":
-        default_note = HF_PATH_NOTES.get(job["impl"], "mambapy.lm.LM, pscan=True")
+        default_note = HF_PATH_NOTES.get(job["impl"], "mambapy language model, pscan=True")
     else:
         default_note = "greedy decoding with recurrent state"
     entry["notes"] = res.get("notes", default_note)

@@ -39,4 +39,19 @@ import Testing
         }
         #expect(worstRel < 6e-7, "worst relative error \(worstRel)")
     }
+
+    @Test func expm1KeepsRelativePrecisionNearZero() {
+        var worstRel = 0.0
+        for e in stride(from: -30.0, through: 3.0, by: 0.05) {
+            var v = F16x()
+            for i in 0..<16 { v[i] = Float((i % 2 == 0 ? 1 : -1) * pow(2, e) * (1 + Double(i) / 37)) }
+            let got = expm1SIMD(v)
+            for i in 0..<16 where abs(v[i]) < 80 {
+                let want = expm1(Double(v[i]))
+                worstRel = max(worstRel, abs(Double(got[i]) - want) / abs(want))
+            }
+        }
+        // sigmoid(pre) = −expm1(−Δ) for Δ down to 1e-9 must not cancel (1 − e^−Δ would lose every digit).
+        #expect(worstRel < 6e-7, "worst relative error \(worstRel)")
+    }
 }

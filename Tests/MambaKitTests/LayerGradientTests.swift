@@ -411,7 +411,7 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         var testDescription: String { "M\(M) I\(I) O\(O) pad\(padI),\(padO)" }
     }
 
-    @Test(arguments: [LinearShape(M: 1, I: 3, O: 5, padI: 0, padO: 0),
+    @Test(arguments: [LinearShape(M: 1, I: 3, O: 5, padI: 0, padO: 0), LinearShape(M: 1, I: 33, O: 17, padI: 5, padO: 2),
                       LinearShape(M: 37, I: 16, O: 64, padI: 0, padO: 0),
                       LinearShape(M: 50, I: 33, O: 17, padI: 7, padO: 3),
                       LinearShape(M: 128, I: 64, O: 40, padI: 24, padO: 64)])

@@ -144,7 +144,9 @@ extension MambaModel {
         let scale = largestMagnitude(full)
         // Training and inference workspaces run the same operations: within rounding (bit-identical in practice).
         expectClose("\(tiny) inference vs training workspace", inference, full, atol: 1e-6 * scale, rtol: 1e-6)
+        // As generation runs it: one frozen workspace (A computed on the first step only), batch rows side by side.
         let ws = Workspace(config: model.config, B: B, L: 1, training: false)
+        ws.parametersFrozen = true
         let state = RecurrentState(config: model.config, batch: B)
         var stepped = [Float](repeating: 0, count: B * L * V)
         for t in 0..<L {
@@ -155,6 +157,16 @@ extension MambaModel {
         // Same maths, sgemm over 2 rows instead of 74 and the state carried through memory: at most rounding
         // (~1e-7 relative through two layers; bit-identical on this toolchain and OpenBLAS).
         expectClose("\(tiny) step vs forward", stepped, full, atol: 1e-5 * scale, rtol: 1e-5)
+        // Batch 1 (single-row products): the second sequence alone.
+        let ws1 = Workspace(config: model.config, B: 1, L: 1, training: false)
+        let state1 = RecurrentState(config: model.config, batch: 1)
+        var single = [Float](repeating: 0, count: L * V)
+        for t in 0..<L {
+            [ids[L + t]].withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws1, state: state1) }
+            for v in 0..<V { single[t * V + v] = ws1.logits[v] }
+        }
+        // Matrix-vector products instead of sgemm: rounding only (measured ≤ 3e-7 of the largest logit).
+        expectClose("\(tiny) batch-1 step vs forward", single, Array(full[(L * V)...]), atol: 1e-5 * scale, rtol: 1e-5)
     }
 
     @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv])
@@ -225,6 +237,10 @@ extension MambaModel {
     }
 
     @Test func threadCountChangesOnlyRounding() throws {
+        try withThreadSettingsLock { try threadCountChangesOnlyRoundingLocked() }
+    }
+
+    func threadCountChangesOnlyRoundingLocked() throws {
         let saved = Parallel.threads
         defer { Parallel.setThreads(saved) }
         let model = try TinyModel.wide.make()

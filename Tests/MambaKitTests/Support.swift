@@ -67,3 +67,13 @@ func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
     var rng = RNG(seed: seed)
     return (0..<n).map { _ in Float(rng.normal()) * scale }
 }
+
+/// Tests that change the global thread count, and tests that compare two runs bit for bit, hold this lock, so a
+/// thread-count change never lands between the two runs of another test (suites run concurrently).
+let threadSettingsLock = NSLock()
+
+func withThreadSettingsLock<T>(_ body: () throws -> T) rethrows -> T {
+    threadSettingsLock.lock()
+    defer { threadSettingsLock.unlock() }
+    return try body()
+}

@@ -43,6 +43,10 @@ import Testing
     }
 
     @Test func resumeContinuesBitForBit() throws {
+        try withThreadSettingsLock { try resumeContinuesBitForBitLocked() }
+    }
+
+    func resumeContinuesBitForBitLocked() throws {
         let a = TempDir(), b = TempDir()
         let corpus = try Self.corpus()
         // Uninterrupted: 7 steps.

@@ -72,6 +72,23 @@ public func softplusSIMD(_ x: F16x) -> F16x {
     return r.replacing(with: x, where: x .> 20)
 }
 
+/// e^x − 1 of 16 lanes, accurate for small |x| (where e^x − 1 would cancel): a degree-8 Taylor polynomial for
+/// |x| < 0.5 (truncation below 2^−24 relative), `expSIMD(x) − 1` elsewhere.
+@inline(__always)
+public func expm1SIMD(_ x: F16x) -> F16x {
+    var p = F16x(repeating: 1.0 / 40320)
+    p = p * x + 1.0 / 5040
+    p = p * x + 1.0 / 720
+    p = p * x + 1.0 / 120
+    p = p * x + 1.0 / 24
+    p = p * x + 1.0 / 6
+    p = p * x + 0.5
+    p = p * x + 1
+    let small = p * x
+    let ax = x.replacing(with: -x, where: x .< 0)
+    return (expSIMD(x) - 1).replacing(with: small, where: ax .< 0.5)
+}
+
 /// SiLU of 16 lanes: x·sigmoid(x) = x / (1 + e^−x).
 @inline(__always)
 public func siluSIMD(_ x: F16x) -> F16x { x / (1 + expSIMD(-x)) }

@@ -11,6 +11,9 @@ public enum CausalConv1d {
                                weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                context: UnsafePointer<Float>?,
                                B: Int, L: Int, ED: Int, K: Int) {
+        // Taps transposed to (K, ED) so that every inner loop runs over contiguous channels.
+        let wT = transposedTaps(weight, ED: ED, K: K)
+        defer { wT.deallocate() }
         Parallel.forRanges(B * L, grain: max(1, 16_384 / max(1, ED * K))) { _, lo, hi in
             for row in lo..<hi {
                 let b = row / L, t = row % L
@@ -26,7 +29,8 @@ public enum CausalConv1d {
                     } else {
                         continue
                     }
-                    for d in 0..<ED { o[d] += weight[d * K + k] * xr[d] }
+                    let w = wT + k * ED
+                    for d in 0..<ED { o[d] += w[d] * xr[d] }
                 }
             }
         }
@@ -38,8 +42,10 @@ public enum CausalConv1d {
                                 dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?,
                                 dout: UnsafePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
                                 weight: UnsafePointer<Float>, B: Int, L: Int, ED: Int, K: Int) {
+        let wT = transposedTaps(weight, ED: ED, K: K)
+        defer { wT.deallocate() }
         // dx: each input row gathers from the K output rows it feeds; rows are independent → parallel.
-        Parallel.forRanges(B * L) { _, lo, hi in
+        Parallel.forRanges(B * L, grain: max(1, 16_384 / max(1, ED * K))) { _, lo, hi in
             for row in lo..<hi {
                 let b = row / L, t = row % L
                 let g = dx + row * lddx
@@ -47,33 +53,44 @@ public enum CausalConv1d {
                     let dst = t + (K - 1) - k
                     if dst >= L { continue }
                     let go = dout + (b * L + dst) * ED
-                    for d in 0..<ED { g[d] += weight[d * K + k] * go[d] }
+                    let w = wT + k * ED
+                    for d in 0..<ED { g[d] += w[d] * go[d] }
                 }
             }
         }
-        // dweight, dbias: channels are independent → parallel over channel ranges, time summed in order.
-        Parallel.forRanges(ED) { _, lo, hi in
-            let n = hi - lo
-            if n == 0 { return }
-            var accW = [Double](repeating: 0, count: n * K)
-            var accB = [Double](repeating: 0, count: n)
-            for b in 0..<B {
-                for t in 0..<L {
-                    let go = dout + (b * L + t) * ED
-                    for k in 0..<K {
-                        let src = t - (K - 1) + k
-                        if src < 0 { continue }
-                        let xr = x + (b * L + src) * ldx
-                        for d in lo..<hi { accW[(d - lo) * K + k] += Double(go[d] * xr[d]) }
-                    }
-                    for d in lo..<hi { accB[d - lo] += Double(go[d]) }
+        // dweight, dbias: per-worker partial sums over its rows, in (K, ED) layout, added in worker order.
+        let workers = Parallel.workers(for: B * L, grain: 64)
+        let partial = FloatBuffer(count: workers * (K + 1) * ED)
+        Parallel.forRanges(B * L, grain: 64) { wk, lo, hi in
+            let acc = partial.ptr + wk * (K + 1) * ED
+            for row in lo..<hi {
+                let b = row / L, t = row % L
+                let go = dout + row * ED
+                for k in 0..<K {
+                    let src = t - (K - 1) + k
+                    if src < 0 { continue }
+                    let xr = x + (b * L + src) * ldx
+                    let a = acc + k * ED
+                    for d in 0..<ED { a[d] += go[d] * xr[d] }
                 }
-            }
-            for d in lo..<hi {
-                for k in 0..<K { dweight[d * K + k] += Float(accW[(d - lo) * K + k]) }
-                if let dbias { dbias[d] += Float(accB[d - lo]) }
+                let ab = acc + K * ED
+                for d in 0..<ED { ab[d] += go[d] }
             }
         }
+        for wk in 0..<workers {
+            let acc = partial.ptr + wk * (K + 1) * ED
+            for d in 0..<ED {
+                for k in 0..<K { dweight[d * K + k] += acc[k * ED + d] }
+                dbias?[d] += acc[K * ED + d]
+            }
+        }
+    }
+
+    /// weight `(ED, K)` → `(K, ED)`; the caller deallocates.
+    static func transposedTaps(_ weight: UnsafePointer<Float>, ED: Int, K: Int) -> UnsafeMutablePointer<Float> {
+        let wT = UnsafeMutablePointer<Float>.allocate(capacity: max(1, K * ED))
+        for d in 0..<ED { for k in 0..<K { wT[k * ED + d] = weight[d * K + k] } }
+        return wT
     }
 
     /// The plain version: one output at a time, straight from the definition.

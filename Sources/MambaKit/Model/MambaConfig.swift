@@ -177,7 +177,7 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
             "vocab_size": vocabSize, "hidden_size": hiddenSize, "state_size": stateSize,
             "num_hidden_layers": numHiddenLayers, "conv_kernel": convKernel, "expand": expand,
             "intermediate_size": intermediateSize, "time_step_rank": timeStepRank,
-            "use_conv_bias": useConvBias, "use_bias": useBias, "layer_norm_epsilon": Double(layerNormEpsilon),
+            "use_conv_bias": useConvBias, "use_bias": useBias, "layer_norm_epsilon": Double("\(layerNormEpsilon)") ?? Double(layerNormEpsilon),
             "tie_word_embeddings": tieWordEmbeddings, "residual_in_fp32": residualInFp32,
             "hidden_act": "silu", "initializer_range": initializerRange, "time_step_scale": timeStepScale,
             "time_step_min": timeStepMin, "time_step_max": timeStepMax, "time_step_floor": timeStepFloor,
@@ -192,8 +192,7 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
     }
 
     public func write(to path: String) throws {
-        let data = try JSONSerialization.data(withJSONObject: hfJSON, options: [.prettyPrinted, .sortedKeys])
-        try AtomicFile.write([UInt8](data) + [10], to: path)
+        try AtomicFile.writeText(JSONWriter.string(hfJSON), to: path)
     }
 }
 

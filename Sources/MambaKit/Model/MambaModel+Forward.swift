@@ -66,6 +66,7 @@ extension MambaModel {
             if !ws.training, next != mixOut { next.update(from: mixOut, count: BL * D) }
         }
         ws.aReady = true
+        ws.continuedState = state != nil
         // logits = lm_head(RMSNorm_f(x_L))
         RMSNorm.forward(out: ws.normF.ptr, rstd: ws.rstdF.ptr, inp: ws.residF.ptr, weight: p.ptr(normFView),
                         M: BL, D: D, eps: c.layerNormEpsilon)
@@ -86,6 +87,7 @@ extension MambaModel {
     public func backward(ids: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, ws: Workspace,
                          lossScale: Float? = nil) -> (sum: Double, count: Int) {
         precondition(ws.training, "backward needs a training workspace")
+        precondition(!ws.continuedState, "backward after a forward from a carried state is not supported")
         let c = config
         let (B, L) = (ws.B, ws.L)
         let BL = B * L

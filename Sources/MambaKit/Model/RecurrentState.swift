@@ -31,6 +31,8 @@ public final class Workspace {
     /// A = −exp(A_log)ᵀ is then computed on the first forward only instead of on every call.
     public var parametersFrozen = false
     var aReady = false
+    /// Whether the last forward continued a carried state (backward does not propagate into the context).
+    var continuedState = false
 
     final class LayerActs {
         let resid, rstd, xz, convPre, u, xdbl, delta, y: FloatBuffer
