@@ -3,6 +3,9 @@ loss (nats) of a file, to compare with `mambakit eval --model DIR --data FILE --
 
     python3 scripts/check_transformers_roundtrip.py runs/bytes-lm samples/text/ruth.txt [--max-bytes N]
 
+Tests/MambaKitTests/Fixtures/mambakit_saved_transformers.json is this script's output for the committed model
+Tests/MambaKitTests/Fixtures/mambakit_saved (saved by `mambakit train`) on the first 2000 bytes of ruth.txt.
+
 Needs torch and transformers (scripts/requirements-fixtures.txt). Runs the pure-PyTorch path on the CPU, over the
 whole file in one forward pass (use --max-bytes to cap it), which is what the chunked evaluation must equal.
 """
@@ -31,7 +34,10 @@ def main():
     ids = torch.tensor(list(data), dtype=torch.long)[None, :]
     out = model(ids, labels=ids, use_cache=False)
     loss = out.loss.item()
-    print(json.dumps({"loss": loss, "tokens": ids.shape[1] - 1, "transformers_class": type(model).__name__}))
+    import transformers
+    print(json.dumps({"loss": loss, "tokens": ids.shape[1] - 1, "data": args.data, "max_bytes": args.max_bytes,
+                      "transformers_class": type(model).__name__, "transformers": transformers.__version__,
+                      "torch": torch.__version__}))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ enum CLI {
         p.standardOutput = out
         p.standardError = err
         try p.run()
+        killAfter(p, seconds: 300)
         // Read both pipes concurrently so neither fills up and blocks the child.
         final class Box: @unchecked Sendable { var data = Data() }
         let errBox = Box()
@@ -38,6 +39,14 @@ enum CLI {
         let errData = errBox.data
         p.waitUntilExit()
         return Result(status: p.terminationStatus, stdout: outData, stderr: String(decoding: errData, as: UTF8.self))
+    }
+}
+
+/// A hung child must fail the test, not hang the suite: SIGKILL it after `seconds`.
+func killAfter(_ p: Process, seconds: Double) {
+    let pid = p.processIdentifier
+    DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
+        if p.isRunning { kill(pid, SIGKILL) }
     }
 }
 
@@ -132,5 +141,36 @@ enum CLI {
         try "name: x\ntrain: {stpes: 3}\n".write(toFile: tmp.file("p.yaml"), atomically: true, encoding: .utf8)
         let r = try CLI.run(["run", tmp.file("p.yaml")])
         #expect(r.status != 0 && r.stderr.contains("stpes") && r.stderr.contains("p.yaml"), "\(r.stderr)")
+    }
+
+    @Test func ctrlCSavesACheckpointAndResumeFinishesTheRun() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["train", "--data", "samples/text/ruth.txt", "--out", out, "--steps", "100000", "--checkpoint-every", "0",
+                       "--eval-every", "0"] + Self.tiny
+        p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        // Wait for training to be under way (metrics are written from the first step), then interrupt.
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            if let s = try? String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), !s.isEmpty { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        kill(p.processIdentifier, SIGINT)
+        killAfter(p, seconds: 60)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 130)
+        let latest = try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let step = Int(latest.dropFirst("step-".count))!
+        #expect(step >= 1)
+        _ = try MambaModel.load(directory: out + "/checkpoints/" + latest)
+        let resumed = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", out, "--steps", String(step + 3),
+                                   "--resume", "--checkpoint-every", "0", "--eval-every", "0"] + Self.tiny)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8) == Trainer.checkpointDirectoryName(step + 3) + "\n")
     }
 }

@@ -52,6 +52,17 @@ import Testing
         #expect(abs(loss - (e["loss"] as! Double)) < 1e-5, "loss \(loss) vs \(e["loss"]!)")
     }
 
+    @Test func modelSavedByMambaKitGivesTransformersLoss() throws {
+        // Fixture: a model written by `mambakit train`, and the loss transformers computed after loading it
+        // (scripts/check_transformers_roundtrip.py).
+        let e = try Fixtures.json("mambakit_saved_transformers.json")
+        let model = try MambaModel.load(directory: Fixtures.path("mambakit_saved"))
+        let bytes = Array(try FileInput.readBytes(CLI.root + "/" + (e["data"] as! String)).prefix(e["max_bytes"] as! Int))
+        let r = try Evaluator.nll(model: model, tokens: ByteTokenizer.encode(bytes), chunk: 700)
+        #expect(r.count == e["tokens"] as! Int)
+        #expect(abs(r.meanLoss - (e["loss"] as! Double)) < 1e-5, "loss \(r.meanLoss) vs transformers \(e["loss"]!)")
+    }
+
     @Test(arguments: [SafeTensorDType.F32, .F16, .BF16])
     func saveLoadRoundTrip(dtype: SafeTensorDType) throws {
         let tmp = TempDir()

@@ -32,3 +32,19 @@ public final class FloatBuffer {
         set { ptr[i] = newValue }
     }
 }
+
+/// A reusable scratch area that grows on demand and keeps its pages between calls (hot loops that need a large
+/// temporary every step would otherwise pay the kernel's page zeroing each time). Not thread-safe: one owner.
+public final class Scratch {
+    private var buffer: FloatBuffer?
+
+    public init() {}
+
+    /// At least `count` floats; contents are unspecified.
+    public func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if let b = buffer, b.count >= count { return b.ptr }
+        let b = FloatBuffer(count: count)
+        buffer = b
+        return b.ptr
+    }
+}

@@ -2,8 +2,8 @@
 /// 16 channels (SIMD16 over ED; the state `(N, ED)` is contiguous over channels) and threaded over channel blocks.
 ///
 /// Memory: forward stores only the state entering every `chunk` steps (`checkpoints`, `(B, ⌈L/chunk⌉, N, ED)`);
-/// backward recomputes each chunk's states from its checkpoint into a per-thread `(chunk+1)·N·16` buffer that stays
-/// in L1, then runs the chunk in reverse. Training memory thus grows with N·ED·L/chunk, never with N·ED·L.
+/// backward recomputes each chunk's states (and decays exp(Δ·A)) from its checkpoint into per-thread buffers of
+/// `(chunk+1)·N·16` floats that stay in L1/L2, then runs the chunk in reverse. Training memory thus grows with N·ED·L/chunk, never with N·ED·L.
 /// exp(Δ·A) is the polynomial `expSIMD`. dB and dC sum over channels: each thread sums its own blocks into its own
 /// buffer and the buffers are added in thread order afterwards (deterministic for a given thread count).
 public enum SelectiveScanSIMD {
@@ -66,7 +66,7 @@ public enum SelectiveScanSIMD {
         dy: UnsafePointer<Float>,
         u: UnsafePointer<Float>, delta: UnsafePointer<Float>, At: UnsafePointer<Float>,
         Bm: UnsafePointer<Float>, Cm: UnsafePointer<Float>, D: UnsafePointer<Float>,
-        checkpoints: UnsafePointer<Float>, dims s: ScanDims
+        checkpoints: UnsafePointer<Float>, dims s: ScanDims, scratch: Scratch = Scratch()
     ) {
         let (L, ED, N) = (s.L, s.ED, s.N)
         let nBlocks = (ED + 15) / 16
@@ -74,15 +74,18 @@ public enum SelectiveScanSIMD {
         let grain = max(1, 10_000 / max(1, N * s.B * L))
         let workers = Parallel.workers(for: nBlocks, grain: grain)
         let BLN = s.B * L * N
-        // Per-worker dB, dC partial sums over that worker's channel blocks.
-        let partial = FloatBuffer(count: workers * 2 * BLN)
+        // Per-worker dB, dC partial sums over that worker's channel blocks (reused across calls: fresh pages
+        // would cost a page fault per 4 KiB on every training step).
+        let partial = scratch.floats(workers * 2 * BLN)
+        partial.update(repeating: 0, count: workers * 2 * BLN)
         Parallel.forRanges(nBlocks, grain: grain) { wk, lo, hi in
             let hs = UnsafeMutablePointer<F16x>.allocate(capacity: (chunk + 1) * N)
+            let decay = UnsafeMutablePointer<F16x>.allocate(capacity: chunk * N)
             let Av = UnsafeMutablePointer<F16x>.allocate(capacity: N)
             let gnext = UnsafeMutablePointer<F16x>.allocate(capacity: N)
             let dA = UnsafeMutablePointer<F16x>.allocate(capacity: N)
-            defer { hs.deallocate(); Av.deallocate(); gnext.deallocate(); dA.deallocate() }
-            let wdB = partial.ptr + wk * 2 * BLN
+            defer { hs.deallocate(); decay.deallocate(); Av.deallocate(); gnext.deallocate(); dA.deallocate() }
+            let wdB = partial + wk * 2 * BLN
             let wdC = wdB + BLN
             for blk in lo..<hi {
                 let d0 = blk * 16
@@ -102,7 +105,12 @@ public enum SelectiveScanSIMD {
                             let dlu = dl * loadF16x(u + row * ED + d0, w)
                             let bp = Bm + row * s.ldbc
                             let prev = hs + (t - t0) * N, cur = prev + N
-                            for n in 0..<N { cur[n] = expSIMD(dl * Av[n]) * prev[n] + dlu * bp[n] }
+                            let at = decay + (t - t0) * N
+                            for n in 0..<N {
+                                let a = expSIMD(dl * Av[n])
+                                at[n] = a
+                                cur[n] = a * prev[n] + dlu * bp[n]
+                            }
                         }
                         for t in stride(from: t1 - 1, through: t0, by: -1) {
                             let row = b * L + t
@@ -115,8 +123,9 @@ public enum SelectiveScanSIMD {
                             let bp = Bm + row * s.ldbc, cp = Cm + row * s.ldbc
                             let prev = hs + (t - t0) * N, cur = prev + N
                             let rb = wdB + row * N, rc = wdC + row * N
+                            let at = decay + (t - t0) * N
                             for n in 0..<N {
-                                let a = expSIMD(dl * Av[n])
+                                let a = at[n]
                                 let gh = gnext[n] + gy * cp[n]
                                 rc[n] += (gy * cur[n]).sum()
                                 let gd = gh * dl
@@ -146,8 +155,8 @@ public enum SelectiveScanSIMD {
                 for n in 0..<N {
                     var sb: Float = 0, sc: Float = 0
                     for wk in 0..<workers {
-                        sb += partial.ptr[wk * 2 * BLN + row * N + n]
-                        sc += partial.ptr[wk * 2 * BLN + BLN + row * N + n]
+                        sb += partial[wk * 2 * BLN + row * N + n]
+                        sc += partial[wk * 2 * BLN + BLN + row * N + n]
                     }
                     dBm[row * s.ldbc + n] += sb
                     dCm[row * s.ldbc + n] += sc

@@ -133,7 +133,8 @@ extension MambaModel {
             SelectiveScanSIMD.backward(
                 du: ws.du.ptr, ddelta: ws.ddelta.ptr, dAt: ws.dAt.ptr, dBm: ws.dxdbl.ptr + R, dCm: ws.dxdbl.ptr + R + N,
                 dD: g.ptr(lv.d), dy: ws.dy.ptr, u: a.u.ptr, delta: a.delta.ptr, At: At,
-                Bm: a.xdbl.ptr + R, Cm: a.xdbl.ptr + R + N, D: p.ptr(lv.d), checkpoints: a.chk.ptr, dims: dims)
+                Bm: a.xdbl.ptr + R, Cm: a.xdbl.ptr + R + N, D: p.ptr(lv.d), checkpoints: a.chk.ptr, dims: dims,
+                scratch: ws.scanScratch)
             // A = −exp(A_log) ⇒ ∂L/∂A_log = ∂L/∂A · A
             let gA = g.ptr(lv.aLog)
             for d in 0..<ED { for n in 0..<N { gA[d * N + n] += ws.dAt.ptr[n * ED + d] * At[n * ED + d] } }

@@ -52,6 +52,8 @@ public final class Workspace {
     }
 
     let layers: [LayerActs]
+    /// Scratch for the scan backward's per-thread partial sums.
+    let scanScratch = Scratch()
     /// A = −exp(A_log)ᵀ per layer, `(N, ED)`.
     let At: [FloatBuffer]
     let residF, rstdF, normF: FloatBuffer

@@ -166,6 +166,9 @@ public final class Trainer {
         return total.meanLoss
     }
 
+    /// `step-NNNNNNNN`, the directory name of the checkpoint at `step`.
+    public static func checkpointDirectoryName(_ step: Int) -> String { checkpointName(step) }
+
     static func checkpointName(_ step: Int) -> String {
         "step-" + String(repeating: "0", count: max(0, 8 - String(step).count)) + String(step)
     }
