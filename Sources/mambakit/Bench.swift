@@ -13,6 +13,7 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("train-steps"), help: "Timed training steps.") var trainSteps: Int = 3
     @Option(name: .customLong("gen-tokens"), help: "Generated tokens per measurement.") var genTokens: Int = 256
     @Option(help: "Python interpreter with torch, transformers and mambapy: also run scripts/bench_torch.py.") var torch: String?
+    @Option(name: .customLong("torch-args"), help: "Extra arguments for scripts/bench_torch.py (one string, split on spaces).") var torchArgs: String?
     @Option(help: "Write the JSON results here as well.") var output: String?
     @Option(help: "Run only these measurements: train, generate (comma-separated).") var only: String?
     @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m (comma-separated).") var genConfigs: String = "reference,mamba130m"
@@ -126,6 +127,7 @@ struct Bench: ParsableCommand {
         p.executableURL = URL(fileURLWithPath: python)
         var args = ["scripts/bench_torch.py", "--threads", String(threads)]
         if quick { args.append("--quick") } else { args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens)] }
+        args += (torchArgs ?? "").split(separator: " ").map(String.init)
         p.arguments = args
         let pipe = Pipe()
         p.standardOutput = pipe
