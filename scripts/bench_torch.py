@@ -909,7 +909,9 @@ def main(argv=None):
     p.add_argument(
         "--job-timeout", type=float, default=10800.0, help="seconds before a measurement is abandoned (default 10800)"
     )
-    p.add_argument("--output", default=None, help="also write the JSON to this file")
+    p.add_argument(
+        "--output", default=None, help="also write the JSON to this file (rewritten after every entry, with complete=false)"
+    )
     p.add_argument("--worker-job", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -959,7 +961,7 @@ def main(argv=None):
     log(f"bench_torch: {args.threads} thread(s); {out['cpu']}")
     la = out["load_average_1m_start"]
     if la is not None and la > 0.5:
-        log(f"WARNING: 1-minute load average is {la}: other work is running, numbers will be unreliable")
+        log(f"WARNING: 1-minute load average is {la}: other work may be running; numbers may be unreliable")
     wp = args.omp_wait_policy
     if not args.skip_parity:
         log("parity check (same weights in transformers sequential / use_mambapy / mambapy) ...")
@@ -981,6 +983,15 @@ def main(argv=None):
 
     jobs = plan(args)
     results = []
+    out["results"] = results
+
+    def save(final):
+        if args.output:
+            out["complete"] = final
+            tmp = args.output + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(json.dumps(out, indent=2) + "\n")
+            os.replace(tmp, args.output)
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job['label']} ...")
         la = load_average()
@@ -995,15 +1006,12 @@ def main(argv=None):
                 f"[{i}/{len(jobs)}] {job['label']}: {entry['tokens_per_s']} tok/s, {entry['seconds']} s, "
                 f"peak RSS {entry['peak_rss_mb']} MB ({wall:.1f} s wall)"
             )
-    out["results"] = results
+        save(False)
     out["load_average_1m_end"] = load_average()
     out["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-
-    text = json.dumps(out, indent=2)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-    print(text, flush=True)
+    out.pop("complete", None)
+    save(True)
+    print(json.dumps(out, indent=2), flush=True)
     return 0
 
 
