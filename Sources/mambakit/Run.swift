@@ -24,13 +24,12 @@ struct Run: ParsableCommand {
                 try FileManager.default.removeItem(atPath: out)
             }
             guard !spec.trainData.isEmpty else { throw MambaKitError(.config, "data.train is empty", at: pipeline) }
-            let options = spec.train.apply(to: Trainer.Options())
             printErr("pipeline \(spec.name): training on \(spec.trainData.joined(separator: ", "))")
             let progress = ProgressRenderer()
             installInterruptHandler()
             let trainer = try LanguageModelTask.train(
-                format: spec.format, data: spec.trainData, out: out, model: spec.model, options: options,
-                valFraction: spec.valFraction ?? 0.05, resume: resume && FileManager.default.fileExists(atPath: out + "/checkpoints/latest"),
+                format: spec.format, data: spec.trainData, out: out, model: spec.model, train: spec.train,
+                valFraction: spec.valFraction, resume: resume && FileManager.default.fileExists(atPath: out + "/checkpoints/latest"),
                 events: progress.handle, shouldStop: { interruptRequested != 0 })
             progress.finish()
             var summary: [String: Any] = ["name": spec.name, "pipeline": pipeline, "steps": trainer.step,
@@ -38,7 +37,7 @@ struct Run: ParsableCommand {
             if let evalPath = spec.evalData {
                 printErr("evaluating \(evalPath)")
                 let report = try LanguageModelTask.evaluate(model: trainer.model, path: evalPath, format: spec.format,
-                                                            chunk: options.seqLen)
+                                                            chunk: trainer.options.seqLen)
                 var j = report.json
                 j["data"] = evalPath
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: j, options: [.prettyPrinted, .sortedKeys]),

@@ -67,12 +67,12 @@ struct Train: ParsableCommand {
             let data = self.data.isEmpty ? file.trainData : self.data
             guard !data.isEmpty else { throw MambaKitError(.usage, "no --data given (and no data.train in --config)") }
             let model = shape.modelSpec.merged(over: file.model)
-            let options = shape.trainSpec.apply(to: file.train.apply(to: Trainer.Options()))
+            let trainSpec = shape.trainSpec.merged(over: file.train)
             let progress = ProgressRenderer()
             installInterruptHandler()
             let trainer = try LanguageModelTask.train(
-                format: format, data: data, out: out, model: model, options: options,
-                valFraction: shape.valFraction ?? file.valFraction ?? 0.05, resume: resume,
+                format: format, data: data, out: out, model: model, train: trainSpec,
+                valFraction: shape.valFraction ?? file.valFraction, resume: resume,
                 events: progress.handle, shouldStop: { interruptRequested != 0 })
             progress.finish()
             printErr("model saved to \(out) (step \(trainer.step))")

@@ -104,8 +104,15 @@ func killAfter(_ p: Process, seconds: Double) {
         let again = try CLI.run(base + ["--steps", "20"])
         #expect(again.status != 0)
         #expect(again.stderr.contains("--resume"))
-        let resumed = try CLI.run(base + ["--steps", "20", "--resume"])
+        // Resuming needs only what changes: shape and schedule come from the checkpoint.
+        let resumed = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", out, "--steps", "20", "--resume"])
         #expect(resumed.status == 0, "\(resumed.stderr)")
+        let model = try MambaModel.load(directory: out)
+        #expect(model.config.hiddenSize == 32 && model.config.numHiddenLayers == 2)
+        // A flag that contradicts the checkpoint is refused with a reason.
+        let clash = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", out, "--steps", "30", "--resume",
+                                 "--seq-len", "128"])
+        #expect(clash.status != 0 && clash.stderr.contains("seq_len"), "\(clash.stderr)")
         #expect(try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8) == "step-00000020\n")
     }
 
@@ -169,7 +176,7 @@ func killAfter(_ p: Process, seconds: Double) {
         #expect(step >= 1)
         _ = try MambaModel.load(directory: out + "/checkpoints/" + latest)
         let resumed = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", out, "--steps", String(step + 3),
-                                   "--resume", "--checkpoint-every", "0", "--eval-every", "0"] + Self.tiny)
+                                   "--resume"])
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8) == Trainer.checkpointDirectoryName(step + 3) + "\n")
     }

@@ -21,6 +21,12 @@ public struct ModelSpec: Equatable, Sendable {
     public var tie: Bool?
     public init() {}
 
+    /// The shape of an existing model.
+    public init(_ c: MambaConfig) {
+        dModel = c.hiddenSize; layers = c.numHiddenLayers; dState = c.stateSize; dConv = c.convKernel
+        expand = c.expand; dtRank = c.timeStepRank; tie = c.tieWordEmbeddings
+    }
+
     /// Fills unset fields from `other`.
     public func merged(over other: ModelSpec) -> ModelSpec {
         var m = self
@@ -85,11 +91,25 @@ public enum LanguageModelTask {
         return out
     }
 
-    /// Trains (or resumes) a model on `data`, writing the run directory `out`.
-    public static func train(format: DataFormat, data: [String], out: String, model spec: ModelSpec,
-                             options: Trainer.Options, valFraction: Double, resume: Bool,
+    /// Trains (or resumes) a model on `data`, writing the run directory `out`. Unset model and training values
+    /// take the defaults for a new run, and the saved run's values on `resume` (so `--resume` needs only the
+    /// settings that change, typically `--steps`).
+    public static func train(format: DataFormat, data: [String], out: String, model modelSpec: ModelSpec,
+                             train trainSpec: PipelineSpec.TrainSpec, valFraction: Double?, resume: Bool,
                              events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> Trainer {
-        let (corpus, fp) = try corpus(format: format, paths: data, valFraction: valFraction)
+        var baseOptions = Trainer.Options()
+        var baseSpec = ModelSpec()
+        if resume {
+            guard let saved = try Trainer.savedRun(outDir: out) else {
+                throw MambaKitError(.io, "no checkpoint to resume from (checkpoints/latest is missing)", at: out)
+            }
+            baseOptions = saved.options
+            baseSpec = ModelSpec(saved.config)
+        }
+        var options = trainSpec.apply(to: baseOptions)
+        options.valFraction = valFraction ?? (resume ? baseOptions.valFraction : 0.05)
+        let spec = modelSpec.merged(over: baseSpec)
+        let (corpus, fp) = try corpus(format: format, paths: data, valFraction: options.valFraction)
         var config = try spec.config(vocabSize: ByteTokenizer.vocabSize)
         config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
         guard options.steps > 0, options.batchSize > 0, options.seqLen > 0 else {

@@ -30,6 +30,18 @@ public struct PipelineSpec {
         public var evalEvery: Int?, evalTokens: Int?, checkpointEvery: Int?, logEvery: Int?
         public init() {}
 
+        /// Fills unset fields from `other`.
+        public func merged(over other: TrainSpec) -> TrainSpec {
+            var t = self
+            t.steps = steps ?? other.steps; t.batchSize = batchSize ?? other.batchSize; t.seqLen = seqLen ?? other.seqLen
+            t.lr = lr ?? other.lr; t.warmup = warmup ?? other.warmup; t.seed = seed ?? other.seed
+            t.weightDecay = weightDecay ?? other.weightDecay; t.gradClip = gradClip ?? other.gradClip
+            t.minLRRatio = minLRRatio ?? other.minLRRatio; t.evalEvery = evalEvery ?? other.evalEvery
+            t.evalTokens = evalTokens ?? other.evalTokens; t.checkpointEvery = checkpointEvery ?? other.checkpointEvery
+            t.logEvery = logEvery ?? other.logEvery
+            return t
+        }
+
         /// Options from `self`, falling back to `base`.
         public func apply(to base: Trainer.Options) -> Trainer.Options {
             var o = base

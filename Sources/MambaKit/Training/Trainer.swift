@@ -37,6 +37,29 @@ public final class Trainer {
         public var keepCheckpoints = 2
         public init() {}
 
+        /// Options as saved in trainer_state.json (unknown or missing keys keep their defaults).
+        init(json o: [String: Any]) {
+            func i(_ k: String) -> Int? { (o[k] as? NSNumber).map { $0.intValue } }
+            func d(_ k: String) -> Double? { (o[k] as? NSNumber).map { $0.doubleValue } }
+            if let v = i("steps") { steps = v }
+            if let v = i("batch_size") { batchSize = v }
+            if let v = i("seq_len") { seqLen = v }
+            if let v = d("lr") { lr = v }
+            if let v = d("min_lr_ratio") { minLRRatio = v }
+            if let v = i("warmup") { warmup = v }
+            if let v = d("weight_decay") { weightDecay = v }
+            if let v = d("beta1") { beta1 = v }
+            if let v = d("beta2") { beta2 = v }
+            if let v = d("eps") { eps = v }
+            if let v = d("grad_clip") { gradClip = v }
+            if let v = (o["seed"] as? String).flatMap({ UInt64($0) }) { seed = v }
+            if let v = d("val_fraction") { valFraction = v }
+            if let v = i("eval_every") { evalEvery = v }
+            if let v = i("eval_tokens") { evalTokens = v }
+            if let v = i("checkpoint_every") { checkpointEvery = v }
+            if let v = i("log_every") { logEvery = v }
+        }
+
         var json: [String: Any] {
             ["steps": steps, "batch_size": batchSize, "seq_len": seqLen, "lr": lr, "min_lr_ratio": minLRRatio,
              "warmup": warmup, "weight_decay": weightDecay, "beta1": beta1, "beta2": beta2, "eps": eps,
@@ -216,6 +239,21 @@ public final class Trainer {
             try? FileManager.default.removeItem(atPath: checkpointsDir + "/" + old)
         }
         return final
+    }
+
+    /// The model config and options of the run in `outDir` (its latest checkpoint), or nil when there is none:
+    /// a resumed run takes every setting it is not given again from here.
+    public static func savedRun(outDir: String) throws -> (config: MambaConfig, options: Options)? {
+        let latestPath = outDir + "/checkpoints/latest"
+        guard let latest = try? String(contentsOfFile: latestPath, encoding: .utf8) else { return nil }
+        let dir = outDir + "/checkpoints/" + latest.trimmingCharacters(in: .whitespacesAndNewlines)
+        let config = try MambaConfig.load(path: dir + "/" + MambaModel.configFile)
+        let statePath = dir + "/trainer_state.json"
+        guard let st = try? JSONSerialization.jsonObject(with: Data(FileInput.readBytes(statePath))) as? [String: Any],
+              let o = st["options"] as? [String: Any] else {
+            throw MambaKitError(.format, "trainer state is not valid", at: statePath)
+        }
+        return (config, Options(json: o))
     }
 
     /// Restores model, optimizer, step and RNG from `OUT/checkpoints/latest`. Refuses a checkpoint made with
