@@ -6,8 +6,8 @@
 extension MambaModel {
     /// Runs the model on `ids` `(B, L)`, leaving the logits `(B, L, V)` in `ws.logits`.
     /// With `state`, the batch continues the sequences whose state it holds (and the state is advanced);
-    /// without, sequences start from zero state. `lastOnly` computes logits for the last position only
-    /// (at row 0 of each sequence's block is not used: rows `b` of `ws.logits` hold them).
+    /// without, sequences start from zero state. With `lastOnly`, only the last position's logits are computed,
+    /// into row `b` of `ws.logits` for sequence `b` (prefill for generation).
     public func forward(ids: UnsafePointer<Int32>, ws: Workspace, state: RecurrentState? = nil, lastOnly: Bool = false) {
         let c = config
         let (B, L) = (ws.B, ws.L)
