@@ -118,9 +118,9 @@ func killAfter(_ p: Process, seconds: Double) {
 
     @Test func badInputGetsAClearErrorAndNonZeroExit() throws {
         let tmp = TempDir()
-        FileManager.default.createFile(atPath: tmp.file("empty.txt"), contents: Data())
+        _ = FileManager.default.createFile(atPath: tmp.file("empty.txt"), contents: Data())
         try FileManager.default.createDirectory(atPath: tmp.file("dir"), withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: tmp.file("dir/config.json"), contents: Data("{\"hidden_size\": 8}".utf8))
+        _ = FileManager.default.createFile(atPath: tmp.file("dir/config.json"), contents: Data("{\"hidden_size\": 8}".utf8))
         try FileManager.default.copyItem(atPath: Fixtures.path("hf_tiny/model.safetensors"), toPath: tmp.file("dir/model.safetensors"))
         try FileManager.default.createDirectory(atPath: tmp.file("good"), withIntermediateDirectories: true)
         for f in ["config.json", "model.safetensors"] {

@@ -117,12 +117,12 @@ import Testing
     @Test func missingDirectoryFileAndWeights() throws {
         let tmp = TempDir()
         expectError(.io, containing: "no such directory") { _ = try MambaModel.load(directory: tmp.file("nope")) }
-        FileManager.default.createFile(atPath: tmp.file("plain"), contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: tmp.file("plain"), contents: Data("x".utf8))
         expectError(.io, containing: "expected a directory") { _ = try MambaModel.load(directory: tmp.file("plain")) }
         expectError(.io, containing: "no config.json") { _ = try MambaModel.load(directory: tmp.path) }
         try FileManager.default.copyItem(atPath: Fixtures.path("hf_tiny/config.json"), toPath: tmp.file("config.json"))
         expectError(.io, containing: "no model.safetensors") { _ = try MambaModel.load(directory: tmp.path) }
-        FileManager.default.createFile(atPath: tmp.file("pytorch_model.bin"), contents: Data([0x80, 2]))
+        _ = FileManager.default.createFile(atPath: tmp.file("pytorch_model.bin"), contents: Data([0x80, 2]))
         expectError(.format, containing: "pickle") { _ = try MambaModel.load(directory: tmp.path) }
     }
 
