@@ -77,17 +77,21 @@ public final class SequenceReader {
         return out
     }
 
-    // MARK: - FASTA
-
-    private func nextFasta() throws -> SequenceRecord? {
-        // Header, skipping blank lines.
+    /// The next header line (blank lines skipped), which must start with `marker`; nil at the end of the file.
+    private func nextHeader(marker: Unicode.Scalar, kind: String) throws -> (String, String)? {
         repeat {
             guard try lines.nextLine() else { return nil }
         } while lines.lineIsEmpty
-        guard lines.firstByte == UInt8(ascii: ">") else {
-            throw formatError("expected '>' at the start of a FASTA record")
+        guard lines.firstByte == UInt8(ascii: marker) else {
+            throw formatError("expected '\(marker)' at the start of a \(kind) record")
         }
-        let (name, description) = try parseHeader()
+        return try parseHeader()
+    }
+
+    // MARK: - FASTA
+
+    private func nextFasta() throws -> SequenceRecord? {
+        guard let (name, description) = try nextHeader(marker: ">", kind: "FASTA") else { return nil }
         var sequence: [UInt8] = []
         while try lines.nextLine() {
             if lines.lineIsEmpty { continue }
@@ -104,13 +108,7 @@ public final class SequenceReader {
     // MARK: - FASTQ
 
     private func nextFastq() throws -> SequenceRecord? {
-        repeat {
-            guard try lines.nextLine() else { return nil }
-        } while lines.lineIsEmpty
-        guard lines.firstByte == UInt8(ascii: "@") else {
-            throw formatError("expected '@' at the start of a FASTQ record")
-        }
-        let (name, description) = try parseHeader()
+        guard let (name, description) = try nextHeader(marker: "@", kind: "FASTQ") else { return nil }
 
         guard try lines.nextLine() else { throw endInsideRecord("sequence") }
         try checkText("sequence")
