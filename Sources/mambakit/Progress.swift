@@ -9,8 +9,8 @@ final class ProgressRenderer {
 
     func handle(_ e: Trainer.Event) {
         switch e {
-        case let .started(step, total, params, train, val):
-            line("training \(formatCount(params)) parameters on \(formatCount(train)) tokens (\(formatCount(val)) held out), step \(step) of \(total)")
+        case let .started(step, total, params, train, val, unit):
+            line("training \(formatCount(params)) parameters on \(formatCount(train)) \(unit) (\(formatCount(val)) held out), step \(step) of \(total)")
         case let .step(step, total, loss, lr, gnorm, tps, elapsed):
             let done = Double(step) / Double(max(total, 1))
             let eta = done > 0 ? elapsed / done - elapsed : 0
@@ -25,8 +25,15 @@ final class ProgressRenderer {
             } else {
                 line(stats)
             }
-        case let .validation(step, loss):
-            line(String(format: "step %d  validation loss %.4f (%.3f bits/token)", step, loss, loss / log(2.0)))
+        case let .validation(step, metrics):
+            let loss = metrics["val_loss"] ?? .nan
+            var s = String(format: "step %d  validation loss %.4f", step, loss)
+            if let bits = metrics["val_bits_per_token"] { s += String(format: " (%.3f bits/token)", bits) }
+            if let acc = metrics["val_accuracy"] { s += String(format: "  accuracy %.4f", acc) }
+            if let f1 = metrics["val_macro_f1"] { s += String(format: "  macro-F1 %.4f", f1) }
+            line(s)
+        case let .earlyStop(step, bestStep, bestLoss):
+            line(String(format: "step %d  early stop: no better validation loss since step %d (%.4f)", step, bestStep, bestLoss))
         case let .checkpoint(step, path):
             line("step \(step)  checkpoint \(path)")
         }

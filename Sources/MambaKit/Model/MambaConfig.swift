@@ -55,7 +55,14 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
             && a.numHiddenLayers == b.numHiddenLayers && a.convKernel == b.convKernel && a.expand == b.expand
             && a.intermediateSize == b.intermediateSize && a.timeStepRank == b.timeStepRank
             && a.useConvBias == b.useConvBias && a.useBias == b.useBias && a.layerNormEpsilon == b.layerNormEpsilon
-            && a.tieWordEmbeddings == b.tieWordEmbeddings
+            && a.tieWordEmbeddings == b.tieWordEmbeddings && a.classLabels == b.classLabels
+    }
+
+    /// The class names of a sequence classifier, in label order (`mambakit.classes`); empty for a language model.
+    /// A classifier's parameters add `classifier.weight [C, D]` and `classifier.bias [C]`.
+    public var classLabels: [String] {
+        get { mambakit["classes"] as? [String] ?? [] }
+        set { if newValue.isEmpty { mambakit["classes"] = nil } else { mambakit["classes"] = newValue } }
     }
 
     /// Checks that the shapes make a model; `location` names the file for the error.

@@ -9,6 +9,24 @@ extension MambaModel {
     /// without, sequences start from zero state. With `lastOnly`, only the last position's logits are computed,
     /// into row `b` of `ws.logits` for sequence `b` (prefill for generation).
     public func forward(ids: UnsafePointer<Int32>, ws: Workspace, state: RecurrentState? = nil, lastOnly: Bool = false) {
+        forwardBackbone(ids: ids, ws: ws, state: state)
+        let (B, L, D, V) = (ws.B, ws.L, config.hiddenSize, config.vocabSize)
+        precondition(ws.logits.count >= (lastOnly ? B : B * L) * V, "the workspace has no LM-head logits")
+        // logits = lm_head(RMSNorm_f(x_L))
+        if lastOnly {
+            for b in 0..<B {
+                Linear.forward(out: ws.logits.ptr + b * V, ldo: V, inp: ws.normF.ptr + (b * L + L - 1) * D, ldi: D,
+                               weight: params.ptr(headView), bias: nil, M: 1, I: D, O: V)
+            }
+        } else {
+            Linear.forward(out: ws.logits.ptr, ldo: V, inp: ws.normF.ptr, ldi: D, weight: params.ptr(headView),
+                           bias: nil, M: B * L, I: D, O: V)
+        }
+    }
+
+    /// The backbone alone: embeddings, the layers and norm_f, leaving RMSNorm_f(x_L) `(B, L, D)` in `ws.normF`
+    /// for a head (the LM head in `forward`, a classification head). `state` as in `forward`.
+    public func forwardBackbone(ids: UnsafePointer<Int32>, ws: Workspace, state: RecurrentState? = nil) {
         let c = config
         let (B, L) = (ws.B, ws.L)
         let BL = B * L
@@ -67,18 +85,8 @@ extension MambaModel {
         }
         ws.aReady = true
         ws.continuedState = state != nil
-        // logits = lm_head(RMSNorm_f(x_L))
         RMSNorm.forward(out: ws.normF.ptr, rstd: ws.rstdF.ptr, inp: ws.residF.ptr, weight: p.ptr(normFView),
                         M: BL, D: D, eps: c.layerNormEpsilon)
-        if lastOnly {
-            for b in 0..<B {
-                Linear.forward(out: ws.logits.ptr + b * V, ldo: V, inp: ws.normF.ptr + (b * L + L - 1) * D, ldi: D,
-                               weight: p.ptr(headView), bias: nil, M: 1, I: D, O: V)
-            }
-        } else {
-            Linear.forward(out: ws.logits.ptr, ldo: V, inp: ws.normF.ptr, ldi: D, weight: p.ptr(headView),
-                           bias: nil, M: BL, I: D, O: V)
-        }
     }
 
     /// Backward of the mean cross-entropy of `forward`'s logits against `targets` `(B, L)` (−100 = ignored).
@@ -88,13 +96,10 @@ extension MambaModel {
                          lossScale: Float? = nil) -> (sum: Double, count: Int) {
         precondition(ws.training, "backward needs a training workspace")
         precondition(!ws.continuedState, "backward after a forward from a carried state is not supported")
-        let c = config
         let (B, L) = (ws.B, ws.L)
         let BL = B * L
-        let (D, ED, N, R, K, V) = (c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel,
-                                   c.vocabSize)
+        let (D, V) = (config.hiddenSize, config.vocabSize)
         let p = params, g = grads
-        let dims = ScanDims(B: B, L: L, ED: ED, N: N, ldbc: R + 2 * N)
         // Count first so that dlogits is the gradient of the mean.
         var count = 0
         for i in 0..<BL where targets[i] != CrossEntropy.ignoreIndex { count += 1 }
@@ -107,6 +112,21 @@ extension MambaModel {
         Linear.backward(dinp: ws.dnormed.ptr, lddi: D, dweight: g.ptr(headView), dbias: nil,
                         dout: ws.logits.ptr, lddo: V, inp: ws.normF.ptr, ldi: D, weight: p.ptr(headView),
                         M: BL, I: D, O: V)
+        backwardBackbone(ids: ids, ws: ws)
+        return ce
+    }
+
+    /// Backward of the backbone from ∂loss/∂RMSNorm_f(x_L) `(B, L, D)`, which the head has left in `ws.dnormed`.
+    /// Accumulates into `grads`. Call after `forward` or `forwardBackbone` on a training workspace.
+    public func backwardBackbone(ids: UnsafePointer<Int32>, ws: Workspace) {
+        precondition(ws.training, "backward needs a training workspace")
+        precondition(!ws.continuedState, "backward after a forward from a carried state is not supported")
+        let c = config
+        let (B, L) = (ws.B, ws.L)
+        let BL = B * L
+        let (D, ED, N, R, K) = (c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel)
+        let p = params, g = grads
+        let dims = ScanDims(B: B, L: L, ED: ED, N: N, ldbc: R + 2 * N)
         ws.dresid.zero()
         RMSNorm.backward(dinp: ws.dresid.ptr, dweight: g.ptr(normFView), dout: ws.dnormed.ptr, inp: ws.residF.ptr,
                          rstd: ws.rstdF.ptr, weight: p.ptr(normFView), M: BL, D: D)
@@ -172,7 +192,6 @@ extension MambaModel {
                              rstd: a.rstd.ptr, weight: nw, M: BL, D: D)
         }
         Embedding.backward(dweight: g.ptr(embedView), dout: ws.dresid.ptr, ids: ids, M: BL, D: D)
-        return ce
     }
 }
 

@@ -50,6 +50,10 @@ public final class MambaModel {
         }
         lay.add("backbone.norm_f.weight", [D])
         if !c.tieWordEmbeddings { lay.add("lm_head.weight", [V, D]) }
+        if !c.classLabels.isEmpty {
+            lay.add("classifier.weight", [c.classLabels.count, D])
+            lay.add("classifier.bias", [c.classLabels.count])
+        }
         return lay
     }
 
@@ -127,6 +131,7 @@ public final class MambaModel {
         }
         fill(normFView, 1)
         if !c.tieWordEmbeddings { normal(headView, std: std) }
+        if let w = params.layout.view("classifier.weight") { normal(w, std: std) }
     }
 
     public func zeroGradients() { grads.zero() }

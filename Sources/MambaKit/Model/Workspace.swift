@@ -35,10 +35,15 @@ public final class Workspace {
     let At: [FloatBuffer]
     let residF, rstdF, normF: FloatBuffer
     public let logits: FloatBuffer
+    /// RMSNorm_f(x_L) `(B, L, D)`, the backbone's output that heads read.
+    public var hidden: UnsafePointer<Float> { UnsafePointer(normF.ptr) }
+    /// ∂loss/∂hidden `(B, L, D)`, written by a head before `backwardBackbone` (training workspaces only).
+    public var dHidden: UnsafeMutablePointer<Float> { dnormed.ptr }
     // Backward scratch (training only).
     let dresid, dnormed, gated, dG, dy, dxz, du, ddelta, dxdbl, dAt: FloatBuffer
 
-    public init(config c: MambaConfig, B: Int, L: Int, training: Bool) {
+    /// Without `lmHead` there is no logits buffer (`B·L·V` floats): for heads that read `normF` (classification).
+    public init(config c: MambaConfig, B: Int, L: Int, training: Bool, lmHead: Bool = true) {
         self.B = B; self.L = L; self.training = training; self.c = c
         let BL = B * L
         let (D, ED, N, R, V) = (c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.vocabSize)
@@ -48,7 +53,7 @@ public final class Workspace {
         residF = FloatBuffer(count: BL * D)
         rstdF = FloatBuffer(count: BL)
         normF = FloatBuffer(count: BL * D)
-        logits = FloatBuffer(count: BL * V)
+        logits = FloatBuffer(count: lmHead ? BL * V : 0)
         let s = training ? BL : 0
         dresid = FloatBuffer(count: s * D)
         dnormed = FloatBuffer(count: s * D)

@@ -1,12 +1,75 @@
 import Foundation
 
-/// Next-token training of a `MambaModel` on a `TokenCorpus`: AdamW with decoupled weight decay, global gradient
-/// clipping, warmup + cosine schedule, periodic exact validation on the held-out tails, `metrics.jsonl`, atomic
-/// checkpoints, and bit-exact resume (model, both AdamW moments, step counters and the data RNG are all saved).
+/// What a `Trainer` optimises. `trainStep` draws its batch from `rng` (so resume is exact), runs forward and backward
+/// into the model's gradients (zeroed by the trainer) and returns the mean loss and the tokens it processed;
+/// `validate` returns metrics including `val_loss`, or nil when there is nothing held out.
+public protocol TrainingObjective: AnyObject {
+    func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int)
+    func validate(model: MambaModel) throws -> [String: Double]?
+    /// Sizes reported at the start (tokens or sequences, as `sizeUnit` says).
+    var trainSize: Int { get }
+    var validationSize: Int { get }
+    var sizeUnit: String { get }
+}
+
+/// Next-token prediction on random windows of a `TokenCorpus`; validation is the exact NLL of the held-out tails.
+public final class LanguageModelObjective: TrainingObjective {
+    public let corpus: TokenCorpus
+    let B: Int, L: Int, evalTokens: Int
+    let ws: Workspace
+    var ids: [Int32], targets: [Int32]
+
+    public init(corpus: TokenCorpus, config: MambaConfig, batchSize B: Int, seqLen L: Int, evalTokens: Int) {
+        self.corpus = corpus
+        self.B = B; self.L = L; self.evalTokens = evalTokens
+        ws = Workspace(config: config, B: B, L: L, training: true)
+        ids = [Int32](repeating: 0, count: B * L)
+        targets = [Int32](repeating: 0, count: B * L)
+    }
+
+    public var trainSize: Int { corpus.trainTokens }
+    public var validationSize: Int { corpus.validationTokens }
+    public var sizeUnit: String { "tokens" }
+
+    public func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int) {
+        try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
+        ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
+        let (sum, count) = ids.withUnsafeBufferPointer { i in
+            targets.withUnsafeBufferPointer { t in model.backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws) }
+        }
+        return (sum / Double(max(count, 1)), B * L)
+    }
+
+    public func validate(model: MambaModel) throws -> [String: Double]? {
+        guard corpus.validationTokens > 1 else { return nil }
+        let v = try validationLoss(model: model)
+        return ["val_loss": v, "val_bits_per_token": v / log(2.0)]
+    }
+
+    /// Exact mean NLL over the held-out tails (at most `evalTokens` predicted tokens, spread over the streams).
+    public func validationLoss(model: MambaModel) throws -> Double {
+        var total = Evaluator.Result(sum: 0, count: 0)
+        let streams = corpus.streams.filter { $0.tokens.count - $0.trainEnd >= 2 }
+        guard !streams.isEmpty else { return .nan }
+        let per = max(2, evalTokens / streams.count + 1)
+        for s in streams {
+            let tail = Array(s.tokens[s.trainEnd..<min(s.tokens.count, s.trainEnd + per)])
+            let r = try Evaluator.nll(model: model, tokens: tail, chunk: L)
+            total.sum += r.sum
+            total.count += r.count
+        }
+        return total.meanLoss
+    }
+}
+
+/// Training of a `MambaModel` on a `TrainingObjective`: AdamW with decoupled weight decay, global gradient
+/// clipping, warmup + cosine schedule, periodic validation, optional early stopping that keeps the best model,
+/// `metrics.jsonl`, atomic checkpoints, and bit-exact resume (model, both AdamW moments, step counters, the data RNG
+/// and the early-stopping record are all saved).
 ///
 /// Run directory:
 ///
-///     OUT/config.json, OUT/model.safetensors      the latest model (HF layout: loads in transformers)
+///     OUT/config.json, OUT/model.safetensors      the latest model (with `keepBest`, the best-validated one)
 ///     OUT/checkpoints/step-NNNNNNNN/              a complete checkpoint: the model files plus
 ///         training_state.safetensors              AdamW moments `m.<name>`, `v.<name>`
 ///         trainer_state.json                      step, RNG words, options, data fingerprint
@@ -35,6 +98,10 @@ public final class Trainer {
         public var checkpointEvery = 500
         public var logEvery = 10
         public var keepCheckpoints = 2
+        /// Keep in OUT the model with the lowest validation loss (not the latest).
+        public var keepBest = false
+        /// Stop after this many validations without a lower validation loss (0: never).
+        public var patience = 0
         public init() {}
 
         /// Options as saved in trainer_state.json (unknown or missing keys keep their defaults).
@@ -58,25 +125,29 @@ public final class Trainer {
             if let v = i("eval_tokens") { evalTokens = v }
             if let v = i("checkpoint_every") { checkpointEvery = v }
             if let v = i("log_every") { logEvery = v }
+            if let v = o["keep_best"] as? Bool { keepBest = v }
+            if let v = i("patience") { patience = v }
         }
 
         var json: [String: Any] {
             ["steps": steps, "batch_size": batchSize, "seq_len": seqLen, "lr": lr, "min_lr_ratio": minLRRatio,
              "warmup": warmup, "weight_decay": weightDecay, "beta1": beta1, "beta2": beta2, "eps": eps,
              "grad_clip": gradClip, "seed": String(seed), "val_fraction": valFraction, "eval_every": evalEvery,
-             "eval_tokens": evalTokens, "checkpoint_every": checkpointEvery, "log_every": logEvery]
+             "eval_tokens": evalTokens, "checkpoint_every": checkpointEvery, "log_every": logEvery,
+             "keep_best": keepBest, "patience": patience]
         }
     }
 
     public enum Event {
-        case started(step: Int, of: Int, parameters: Int, trainTokens: Int, validationTokens: Int)
+        case started(step: Int, of: Int, parameters: Int, trainSize: Int, validationSize: Int, unit: String)
         case step(step: Int, of: Int, loss: Double, lr: Double, gradNorm: Double, tokensPerSecond: Double, elapsed: Double)
-        case validation(step: Int, loss: Double)
+        case validation(step: Int, metrics: [String: Double])
         case checkpoint(step: Int, path: String)
+        case earlyStop(step: Int, bestStep: Int, bestLoss: Double)
     }
 
     public let model: MambaModel
-    public let corpus: TokenCorpus
+    public let objective: TrainingObjective
     public let options: Options
     public let outDir: String
     /// Identifies the training data (paths and sizes) so a resume on other data is refused.
@@ -84,13 +155,26 @@ public final class Trainer {
     let optimizer: AdamW
     var rng: RNG
     public private(set) var step = 0
+    /// The lowest validation loss so far, its step, and validations since (early stopping; saved in checkpoints).
+    public private(set) var bestLoss = Double.infinity
+    public private(set) var bestStep = 0
+    var sinceBest = 0
     /// Training seconds before this run (restored on resume), and up to the latest step.
     var elapsedBefore = 0.0
     var elapsedNow = 0.0
 
-    public init(model: MambaModel, corpus: TokenCorpus, options: Options, outDir: String, dataFingerprint: [String]) {
+    /// A language-model trainer over `corpus`.
+    public convenience init(model: MambaModel, corpus: TokenCorpus, options: Options, outDir: String,
+                            dataFingerprint: [String]) {
+        let objective = LanguageModelObjective(corpus: corpus, config: model.config, batchSize: options.batchSize,
+                                               seqLen: options.seqLen, evalTokens: options.evalTokens)
+        self.init(model: model, objective: objective, options: options, outDir: outDir, dataFingerprint: dataFingerprint)
+    }
+
+    public init(model: MambaModel, objective: TrainingObjective, options: Options, outDir: String,
+                dataFingerprint: [String]) {
         self.model = model
-        self.corpus = corpus
+        self.objective = objective
         self.options = options
         self.outDir = outDir
         self.dataFingerprint = dataFingerprint
@@ -114,26 +198,18 @@ public final class Trainer {
     public func run(events: (Event) -> Void = { _ in }, shouldStop: () -> Bool = { false }) throws {
         try ensureDirectory(outDir)
         let o = options
-        let (B, L) = (o.batchSize, o.seqLen)
-        let ws = Workspace(config: model.config, B: B, L: L, training: true)
-        var ids = [Int32](repeating: 0, count: B * L)
-        var targets = [Int32](repeating: 0, count: B * L)
         let metrics = try MetricsLog(path: metricsPath, keepThroughStep: step)
         events(.started(step: step, of: o.steps, parameters: model.config.parameterCount,
-                        trainTokens: corpus.trainTokens, validationTokens: corpus.validationTokens))
+                        trainSize: objective.trainSize, validationSize: objective.validationSize,
+                        unit: objective.sizeUnit))
         let clock = ContinuousClock()
         let t0 = clock.now
         let startStep = step
         var windowStart = clock.now
         var windowTokens = 0
         while step < o.steps {
-            try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
             model.zeroGradients()
-            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
-            let (sum, count) = ids.withUnsafeBufferPointer { i in
-                targets.withUnsafeBufferPointer { t in model.backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws) }
-            }
-            let loss = sum / Double(max(count, 1))
+            let (loss, tokens) = try objective.trainStep(model: model, rng: &rng)
             let gradNorm = AdamW.clipGradients(model.grads, maxNorm: Float(o.gradClip))
             guard loss.isFinite, gradNorm.isFinite else {
                 let last = (try? String(contentsOfFile: checkpointsDir + "/latest", encoding: .utf8))
@@ -144,7 +220,7 @@ public final class Trainer {
             let lr = schedule.rate(step: step + 1)
             optimizer.update(params: model.params, grads: model.grads, lr: Float(lr))
             step += 1
-            windowTokens += B * L
+            windowTokens += tokens
             let now = clock.now
             let elapsed = elapsedBefore + seconds(now - t0)
             elapsedNow = elapsed
@@ -157,36 +233,39 @@ public final class Trainer {
                 windowStart = now
                 windowTokens = 0
             }
-            if (o.evalEvery > 0 && step % o.evalEvery == 0) || step == o.steps, corpus.validationTokens > 1 {
-                let v = try validationLoss()
-                events(.validation(step: step, loss: v))
-                try metrics.append(["step": step, "val_loss": v, "val_bits_per_token": v / log(2.0)])
+            var earlyStop = false
+            if (o.evalEvery > 0 && step % o.evalEvery == 0) || step == o.steps,
+               let v = try objective.validate(model: model) {
+                events(.validation(step: step, metrics: v))
+                var row: [String: Any] = ["step": step]
+                for (k, x) in v { row[k] = x }
+                try metrics.append(row)
+                let loss = v["val_loss"] ?? .nan
+                if loss < bestLoss {
+                    bestLoss = loss
+                    bestStep = step
+                    sinceBest = 0
+                    if o.keepBest { try model.save(directory: outDir) }
+                } else {
+                    sinceBest += 1
+                    earlyStop = o.patience > 0 && sinceBest >= o.patience
+                }
             }
             let stop = shouldStop()
-            if (o.checkpointEvery > 0 && step % o.checkpointEvery == 0) || step == o.steps || stop {
+            if (o.checkpointEvery > 0 && step % o.checkpointEvery == 0) || step == o.steps || stop || earlyStop {
                 let path = try saveCheckpoint()
                 events(.checkpoint(step: step, path: path))
+            }
+            if earlyStop && !stop {
+                events(.earlyStop(step: step, bestStep: bestStep, bestLoss: bestLoss))
+                try metrics.append(["step": step, "early_stop": true, "best_step": bestStep, "best_val_loss": bestLoss])
+                break
             }
             if stop && step < o.steps {
                 throw MambaKitError(.interrupted, "interrupted at step \(step) of \(o.steps); resume with --resume",
                                     at: checkpointsDir + "/" + Self.checkpointName(step))
             }
         }
-    }
-
-    /// Exact mean NLL over the held-out tails (at most `evalTokens` predicted tokens, spread over the streams).
-    public func validationLoss() throws -> Double {
-        var total = Evaluator.Result(sum: 0, count: 0)
-        let streams = corpus.streams.filter { $0.tokens.count - $0.trainEnd >= 2 }
-        guard !streams.isEmpty else { return .nan }
-        let per = max(2, options.evalTokens / streams.count + 1)
-        for s in streams {
-            let tail = Array(s.tokens[s.trainEnd..<min(s.tokens.count, s.trainEnd + per)])
-            let r = try Evaluator.nll(model: model, tokens: tail, chunk: options.seqLen)
-            total.sum += r.sum
-            total.count += r.count
-        }
-        return total.meanLoss
     }
 
     /// `step-NNNNNNNN`, the directory name of the checkpoint at `step`.
@@ -218,6 +297,7 @@ public final class Trainer {
             let state: [String: Any] = [
                 "step": step, "adam_step": optimizer.step, "rng": rng.words.map { String($0, radix: 16) },
                 "elapsed_s": elapsedNow, "options": options.json, "data": dataFingerprint,
+                "best_val_loss": bestLoss.isFinite ? bestLoss : NSNull(), "best_step": bestStep, "since_best": sinceBest,
             ]
             let json = try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys])
             try AtomicFile.write(json, to: tmp + "/trainer_state.json")
@@ -231,7 +311,8 @@ public final class Trainer {
             throw error
         }
         try AtomicFile.writeText(name + "\n", to: checkpointsDir + "/latest")
-        try model.save(directory: outDir)
+        // With keepBest, OUT holds the best-validated model; before any validation, the latest.
+        if !options.keepBest || !bestLoss.isFinite { try model.save(directory: outDir) }
         // Prune: keep the newest `keepCheckpoints` complete checkpoints.
         let all = ((try? FileManager.default.contentsOfDirectory(atPath: checkpointsDir)) ?? [])
             .filter { $0.hasPrefix("step-") }.sorted()
@@ -295,6 +376,9 @@ public final class Trainer {
         optimizer.step = a
         rng = RNG(words: w)
         elapsedBefore = st["elapsed_s"] as? Double ?? 0
+        bestLoss = st["best_val_loss"] as? Double ?? .infinity
+        bestStep = st["best_step"] as? Int ?? 0
+        sinceBest = st["since_best"] as? Int ?? 0
         elapsedNow = elapsedBefore
     }
 }

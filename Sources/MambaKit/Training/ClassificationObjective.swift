@@ -1,0 +1,125 @@
+/// One labelled sequence, tokenized.
+public struct LabeledSequence: Sendable, Equatable {
+    /// The record's name (FASTA/FASTQ) or a generated one.
+    public var id: String
+    public var tokens: [Int32]
+    /// Index into the class list.
+    public var label: Int
+    public init(id: String, tokens: [Int32], label: Int) {
+        self.id = id
+        self.tokens = tokens
+        self.label = label
+    }
+}
+
+/// Sequence classification as a `TrainingObjective`: each step draws `batchSize` examples uniformly (with
+/// replacement) from the training set with the trainer's RNG, crops any longer than `maxLength` to a random window
+/// of that length, replaces each by its reverse complement with probability ½ when `complement` is given
+/// (reverse-complement augmentation), and minimises the class-weighted cross-entropy of a right-padded batch.
+/// Validation runs the whole validation sequences (no cropping, constant memory) with the `strand` strategy and
+/// reports the unweighted mean loss, accuracy, macro-F1 and MCC.
+public final class ClassificationObjective: TrainingObjective {
+    public let classifier: SequenceClassifier
+    public let train: [LabeledSequence]
+    public let validation: [LabeledSequence]
+    public let batchSize: Int
+    public let maxLength: Int
+    /// Per-class loss weights (nil: all 1).
+    public let classWeights: [Float]?
+    /// Token id → id of its complement; enables reverse-complement augmentation and `.rcAverage`.
+    public let complement: [Int32]?
+    public let strand: StrandStrategy
+    /// Inference chunk length for validation.
+    public let chunk: Int
+
+    public init(classifier: SequenceClassifier, train: [LabeledSequence], validation: [LabeledSequence],
+                batchSize: Int, maxLength: Int, classWeights: [Float]? = nil, complement: [Int32]? = nil,
+                strand: StrandStrategy = .none, chunk: Int = 2048) throws {
+        guard !train.isEmpty else { throw MambaKitError(.usage, "no training sequences") }
+        guard batchSize > 0, maxLength > 0 else { throw MambaKitError(.usage, "batch size and length must be positive") }
+        let C = classifier.numClasses
+        for s in train + validation where s.label < 0 || s.label >= C || s.tokens.isEmpty {
+            throw MambaKitError(.usage, s.tokens.isEmpty ? "empty sequence" : "label \(s.label) outside the \(C) classes",
+                                at: "sequence '\(s.id)'")
+        }
+        if let w = classWeights, w.count != C || w.contains(where: { !($0 > 0) || !$0.isFinite }) {
+            throw MambaKitError(.usage, "class weights must be \(C) positive numbers (got \(w))")
+        }
+        if strand == .rcAverage && complement == nil {
+            throw MambaKitError(.usage, "rc-average needs a tokenizer with a reverse complement")
+        }
+        self.classifier = classifier
+        self.train = train
+        self.validation = validation
+        self.batchSize = batchSize
+        self.maxLength = maxLength
+        self.classWeights = classWeights
+        self.complement = complement
+        self.strand = strand
+        self.chunk = chunk
+    }
+
+    /// Weights `n / (C · n_k)` from the training labels (scikit-learn's "balanced"); a class with no examples gets 1.
+    public static func balancedWeights(labels: [Int], classes C: Int) -> [Float] {
+        var counts = [Int](repeating: 0, count: C)
+        for y in labels { counts[y] += 1 }
+        return counts.map { $0 == 0 ? 1 : Float(Double(labels.count) / (Double(C) * Double($0))) }
+    }
+
+    public var trainSize: Int { train.count }
+    public var validationSize: Int { validation.count }
+    public var sizeUnit: String { "sequences" }
+
+    public func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int) {
+        precondition(model === classifier.model)
+        var batch: [[Int32]] = []
+        var labels: [Int] = []
+        for _ in 0..<batchSize {
+            let ex = train[rng.int(below: train.count)]
+            var s = ex.tokens
+            if s.count > maxLength {
+                let start = rng.int(below: s.count - maxLength + 1)
+                s = Array(s[start..<(start + maxLength)])
+            }
+            if let complement, rng.next() & 1 == 1 { s = s.reversed().map { complement[Int($0)] } }
+            batch.append(s)
+            labels.append(ex.label)
+        }
+        let loss = classifier.lossAndGradients(batch: batch, labels: labels, classWeights: classWeights)
+        return (loss, batch.reduce(0) { $0 + $1.count })
+    }
+
+    public func validate(model: MambaModel) throws -> [String: Double]? {
+        guard !validation.isEmpty else { return nil }
+        let r = try evaluate(validation)
+        return ["val_loss": r.loss, "val_accuracy": r.metrics.accuracy, "val_macro_f1": r.metrics.macroF1,
+                "val_mcc": r.metrics.mcc]
+    }
+
+    /// Mean (unweighted) cross-entropy, metrics and per-sequence logits over `examples`.
+    public func evaluate(_ examples: [LabeledSequence]) throws -> (loss: Double, metrics: ClassificationMetrics, logits: [[Float]]) {
+        try Self.evaluate(classifier: classifier, examples, strand: strand, complement: complement, chunk: chunk)
+    }
+
+    public static func evaluate(classifier: SequenceClassifier, _ examples: [LabeledSequence], strand: StrandStrategy,
+                                complement: [Int32]?, chunk: Int) throws
+        -> (loss: Double, metrics: ClassificationMetrics, logits: [[Float]])
+    {
+        let logits = try classifier.logits(examples.map(\.tokens), strand: strand, complement: complement, chunk: chunk)
+        var nll = 0.0
+        var predictions: [Int] = []
+        for (ex, z) in zip(examples, logits) {
+            let m = Double(z.max()!)
+            let lse = m + log(z.reduce(0.0) { $0 + exp(Double($1) - m) })
+            nll += lse - Double(z[ex.label])
+            predictions.append(z.indices.max { z[$0] < z[$1] }!)
+        }
+        let m = ClassificationMetrics(labels: examples.map(\.label), predictions: predictions,
+                                      classes: classifier.numClasses)
+        return (nll / Double(max(examples.count, 1)), m, logits)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
