@@ -1,3 +1,4 @@
+import CZlib
 import Foundation
 import MambaKit
 import Testing
@@ -195,6 +196,15 @@ struct SequenceReaderTests {
         #expect(e2.kind == .format)
         let e3 = try #require(readError(try dir.write("tail1.fa.gz", gz + [0x0A])))
         #expect(e3.kind == .format)
+
+        // A zlib (RFC 1950) stream after a gzip member is not another member.
+        var zlibData = [UInt8](repeating: 0, count: 64)
+        var zlibCount = UInt(zlibData.count)
+        var source = bytes(">b\nTTTT\n")
+        #expect(compress(&zlibData, &zlibCount, &source, UInt(source.count)) == Z_OK)
+        let e4 = try #require(readError(try dir.write("zlib.fa.gz", gz + zlibData[0..<Int(zlibCount)])))
+        #expect(e4.kind == .format)
+        #expect(e4.message.contains("data after the last gzip member is not gzip"), "\(e4)")
     }
 
     @Test(arguments: [

@@ -77,3 +77,63 @@ func withThreadSettingsLock<T>(_ body: () throws -> T) rethrows -> T {
     defer { threadSettingsLock.unlock() }
     return try body()
 }
+
+// MARK: - Random FASTA / FASTQ text (index and fuzz tests)
+
+/// A random valid FASTA text from a seeded generator: `records` records with unique names, some with a description,
+/// each with its own line width (some on one line), soft-masked (lower-case) runs and N; CRLF lines when `crlf`; an
+/// occasional empty record; sometimes no final newline. Returns the text and the expected (name, sequence) pairs.
+func randomFasta(_ rng: inout RNG, records: Int, maxLength: Int, crlf: Bool) -> (text: [UInt8], records: [(String, [UInt8])]) {
+    let eol: [UInt8] = crlf ? [0x0D, 0x0A] : [0x0A]
+    let upper = Array("ACGTN".utf8)
+    var text: [UInt8] = []
+    var expected: [(String, [UInt8])] = []
+    for r in 0..<records {
+        let name = "chr\(r)_\(rng.int(below: 1000))"
+        text += Array(">\(name)".utf8)
+        if rng.int(below: 2) == 0 { text += Array(" sample \(r)\tdescription".utf8) }
+        text += eol
+        let length = rng.int(below: 8) == 0 ? 0 : 1 + rng.int(below: maxLength)
+        let widths = [1, 7, 60, 61, 80, length]
+        let width = max(1, widths[rng.int(below: widths.count)])
+        var sequence: [UInt8] = []
+        var lower = false
+        for _ in 0..<length {
+            if rng.int(below: 40) == 0 { lower.toggle() }
+            let b = upper[rng.int(below: rng.int(below: 50) == 0 ? 5 : 4)]
+            sequence.append(lower ? b | 0x20 : b)
+        }
+        var i = 0
+        while i < length {
+            let end = min(i + width, length)
+            text += sequence[i..<end]
+            text += eol
+            i = end
+        }
+        expected.append((name, sequence))
+    }
+    if rng.int(below: 4) == 0, text.last == 0x0A {
+        text.removeLast(crlf ? 2 : 1)  // no final newline
+    }
+    return (text, expected)
+}
+
+/// A random valid four-line FASTQ text; qualities use the whole printable range, so some start with '@' or '+'.
+func randomFastq(_ rng: inout RNG, records: Int, maxLength: Int, crlf: Bool) -> (text: [UInt8], records: [(String, [UInt8], [UInt8])]) {
+    let eol: [UInt8] = crlf ? [0x0D, 0x0A] : [0x0A]
+    let bases = Array("ACGTNacgt".utf8)
+    var text: [UInt8] = []
+    var expected: [(String, [UInt8], [UInt8])] = []
+    for r in 0..<records {
+        let name = "read\(r)/\(rng.int(below: 3))"
+        let length = rng.int(below: maxLength + 1)
+        let sequence = (0..<length).map { _ in bases[rng.int(below: bases.count)] }
+        let quality = (0..<length).map { _ in UInt8(33 + rng.int(below: 94)) }
+        text += Array("@\(name)".utf8) + (rng.int(below: 2) == 0 ? Array(" lane 1".utf8) : []) + eol
+        text += sequence + eol
+        text += (rng.int(below: 2) == 0 ? Array("+".utf8) : Array("+\(name)".utf8)) + eol
+        text += quality + eol
+        expected.append((name, sequence, quality))
+    }
+    return (text, expected)
+}

@@ -328,7 +328,8 @@ private final class ByteSource {
         self.rawEOF = rawEOF
         isGzip = got >= 2 && raw[0] == 0x1F && raw[1] == 0x8B
         if isGzip {
-            let status = inflateInit2_(&stream, 15 + 32, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
+            // 15 + 16: gzip members only. Automatic detection (+ 32) would also accept a zlib stream after a member.
+            let status = inflateInit2_(&stream, 15 + 16, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
             guard status == Z_OK else {
                 // Every property is set, so deinit closes the file and frees the buffer.
                 throw MambaKitError(.io, "cannot initialise zlib (status \(status))", at: path)
