@@ -7,8 +7,8 @@ import MambaKit
 struct MambaKitCLI: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mambakit",
-        abstract: "Selective state-space (Mamba) models for byte streams: train, evaluate, generate.",
-        subcommands: [Train.self, Eval.self, Generate.self, Run.self, Inspect.self, Bench.self])
+        abstract: "Selective state-space (Mamba) models for byte streams and DNA: train, evaluate, generate, classify.",
+        subcommands: [Train.self, Eval.self, Generate.self, Classify.self, Fragments.self, Run.self, Inspect.self, Bench.self])
 
     static func main() {
         // Give OpenBLAS its vector kernels where its CPU table is too old (BLASCore); one exec, before any work.

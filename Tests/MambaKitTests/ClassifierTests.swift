@@ -167,7 +167,7 @@ func randomDNA(_ n: Int, rng: inout RNG) -> [Int32] {
         let train = Self.motifData(count: 512, length: 64, rng: &rng)
         let test = Self.motifData(count: 300, length: 64, rng: &rng)
         let objective = try ClassificationObjective(classifier: clf, train: train, validation: [], batchSize: 16,
-                                                    maxLength: 64, complement: byteComplement)
+                                                    maxLength: 64, complement: byteComplement, rcAugment: true)
         var o = Trainer.Options()
         o.steps = 300; o.batchSize = 16; o.seqLen = 64; o.lr = 1e-2; o.warmup = 20; o.seed = 5
         o.checkpointEvery = 0; o.evalEvery = 0; o.logEvery = 1000

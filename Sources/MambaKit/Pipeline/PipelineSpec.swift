@@ -28,6 +28,8 @@ public struct PipelineSpec {
         public var steps: Int?, batchSize: Int?, seqLen: Int?, lr: Double?, warmup: Int?, seed: Int?
         public var weightDecay: Double?, gradClip: Double?, minLRRatio: Double?
         public var evalEvery: Int?, evalTokens: Int?, checkpointEvery: Int?, logEvery: Int?
+        /// Early stopping (classification): validations without improvement before stopping.
+        public var patience: Int?
         public init() {}
 
         /// Fills unset fields from `other`.
@@ -39,6 +41,7 @@ public struct PipelineSpec {
             t.minLRRatio = minLRRatio ?? other.minLRRatio; t.evalEvery = evalEvery ?? other.evalEvery
             t.evalTokens = evalTokens ?? other.evalTokens; t.checkpointEvery = checkpointEvery ?? other.checkpointEvery
             t.logEvery = logEvery ?? other.logEvery
+            t.patience = patience ?? other.patience
             return t
         }
 
@@ -58,6 +61,7 @@ public struct PipelineSpec {
             if let v = evalTokens { o.evalTokens = v }
             if let v = checkpointEvery { o.checkpointEvery = v }
             if let v = logEvery { o.logEvery = v }
+            if let v = patience { o.patience = v }
             return o
         }
     }
@@ -124,7 +128,8 @@ public struct PipelineSpec {
         }
         if let t = try r.map(o, "train") {
             try r.allow(t, ["steps", "batch_size", "seq_len", "lr", "warmup", "seed", "weight_decay", "grad_clip",
-                            "min_lr_ratio", "eval_every", "eval_tokens", "checkpoint_every", "log_every"], in: "train")
+                            "min_lr_ratio", "eval_every", "eval_tokens", "checkpoint_every", "log_every", "patience"],
+                        in: "train")
             train.steps = try r.int(t, "steps")
             train.batchSize = try r.int(t, "batch_size")
             train.seqLen = try r.int(t, "seq_len")
@@ -138,6 +143,7 @@ public struct PipelineSpec {
             train.evalTokens = try r.int(t, "eval_tokens")
             train.checkpointEvery = try r.int(t, "checkpoint_every")
             train.logEvery = try r.int(t, "log_every")
+            train.patience = try r.int(t, "patience")
         }
         if let g = try r.map(o, "generate") {
             try r.allow(g, ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"], in: "generate")

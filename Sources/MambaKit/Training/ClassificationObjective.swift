@@ -14,7 +14,7 @@ public struct LabeledSequence: Sendable, Equatable {
 
 /// Sequence classification as a `TrainingObjective`: each step draws `batchSize` examples uniformly (with
 /// replacement) from the training set with the trainer's RNG, crops any longer than `maxLength` to a random window
-/// of that length, replaces each by its reverse complement with probability ½ when `complement` is given
+/// of that length, replaces each by its reverse complement with probability ½ when `rcAugment` is set
 /// (reverse-complement augmentation), and minimises the class-weighted cross-entropy of a right-padded batch.
 /// Validation runs the whole validation sequences (no cropping, constant memory) with the `strand` strategy and
 /// reports the unweighted mean loss, accuracy, macro-F1 and MCC.
@@ -26,15 +26,16 @@ public final class ClassificationObjective: TrainingObjective {
     public let maxLength: Int
     /// Per-class loss weights (nil: all 1).
     public let classWeights: [Float]?
-    /// Token id → id of its complement; enables reverse-complement augmentation and `.rcAverage`.
+    /// Token id → id of its complement; needed by reverse-complement augmentation and `.rcAverage`.
     public let complement: [Int32]?
+    public let rcAugment: Bool
     public let strand: StrandStrategy
     /// Inference chunk length for validation.
     public let chunk: Int
 
     public init(classifier: SequenceClassifier, train: [LabeledSequence], validation: [LabeledSequence],
                 batchSize: Int, maxLength: Int, classWeights: [Float]? = nil, complement: [Int32]? = nil,
-                strand: StrandStrategy = .none, chunk: Int = 2048) throws {
+                rcAugment: Bool = false, strand: StrandStrategy = .none, chunk: Int = 2048) throws {
         guard !train.isEmpty else { throw MambaKitError(.usage, "no training sequences") }
         guard batchSize > 0, maxLength > 0 else { throw MambaKitError(.usage, "batch size and length must be positive") }
         let C = classifier.numClasses
@@ -45,8 +46,8 @@ public final class ClassificationObjective: TrainingObjective {
         if let w = classWeights, w.count != C || w.contains(where: { !($0 > 0) || !$0.isFinite }) {
             throw MambaKitError(.usage, "class weights must be \(C) positive numbers (got \(w))")
         }
-        if strand == .rcAverage && complement == nil {
-            throw MambaKitError(.usage, "rc-average needs a tokenizer with a reverse complement")
+        if (strand == .rcAverage || rcAugment) && complement?.count != classifier.model.config.vocabSize {
+            throw MambaKitError(.usage, "rc-average and reverse-complement augmentation need a complement table over the vocabulary")
         }
         self.classifier = classifier
         self.train = train
@@ -55,6 +56,7 @@ public final class ClassificationObjective: TrainingObjective {
         self.maxLength = maxLength
         self.classWeights = classWeights
         self.complement = complement
+        self.rcAugment = rcAugment
         self.strand = strand
         self.chunk = chunk
     }
@@ -81,7 +83,7 @@ public final class ClassificationObjective: TrainingObjective {
                 let start = rng.int(below: s.count - maxLength + 1)
                 s = Array(s[start..<(start + maxLength)])
             }
-            if let complement, rng.next() & 1 == 1 { s = s.reversed().map { complement[Int($0)] } }
+            if rcAugment, let complement, rng.next() & 1 == 1 { s = s.reversed().map { complement[Int($0)] } }
             batch.append(s)
             labels.append(ex.label)
         }

@@ -1,0 +1,227 @@
+import Foundation
+
+/// DNA sequence classification end to end, shared by `mambakit classify train|eval|predict` and pipelines.
+///
+/// A classifier is a model directory like any other (config.json + model.safetensors) whose `mambakit` object says
+/// `task: classification` and holds the classes, pooling, strand strategy and tokenizer, so eval and predict need
+/// nothing but the directory.
+public enum ClassificationTask {
+    /// Settings of `classify train` beyond the shared model and schedule options.
+    public struct Settings: Sendable {
+        public var train: String
+        public var trainLabels: String?
+        public var val: String?
+        public var valLabels: String?
+        public var out: String
+        /// A pretrained model directory (a language model from `train --format fasta`, or a classifier) whose
+        /// backbone initialises this one.
+        public var initFrom: String?
+        public var pooling: Pooling = .mean
+        public var strand: StrandStrategy = .none
+        public var rcAugment = true
+        /// "balanced", "none", or comma-separated weights in class order.
+        public var classWeights = "none"
+        public var tokenizer = DNATokenizer()
+        /// Validation fraction held out of --train when no --val is given.
+        public var valFraction = 0.1
+        public var resume = false
+        public init(train: String, out: String) {
+            self.train = train
+            self.out = out
+        }
+    }
+
+    /// Stores what eval/predict need in the config's `mambakit` object.
+    static func annotate(_ c: inout MambaConfig, classes: [String], s: Settings) {
+        c.mambakit["task"] = "classification"
+        c.mambakit["format"] = "fasta"
+        c.mambakit["tokenizer"] = s.tokenizer.toJSON()
+        c.mambakit["pooling"] = s.pooling.rawValue
+        c.mambakit["strand"] = s.strand.rawValue
+        c.classLabels = classes
+    }
+
+    /// The tokenizer a model was trained with (`mambakit.tokenizer`); byte models from `train --format bytes` read
+    /// as the byte vocabulary with the case kept.
+    public static func tokenizer(of c: MambaConfig, at location: String) throws -> DNATokenizer {
+        if let t = c.mambakit["tokenizer"] as? [String: Any] { return try DNATokenizer(json: t, location: location) }
+        guard c.vocabSize == 256 else {
+            throw MambaKitError(.config, "the model names no mambakit.tokenizer and its vocabulary is not bytes", at: location)
+        }
+        return DNATokenizer()
+    }
+
+    public static func classWeights(_ spec: String, train: ClassificationDataset) throws -> [Float]? {
+        switch spec {
+        case "none", "": return nil
+        case "balanced":
+            return ClassificationObjective.balancedWeights(labels: train.examples.map(\.label), classes: train.classes.count)
+        default:
+            let w = spec.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+            guard w.count == train.classes.count, w.allSatisfy({ $0 != nil && $0! > 0 && $0!.isFinite }) else {
+                throw MambaKitError(.usage, "--class-weights '\(spec)': expected balanced, none, or \(train.classes.count) positive numbers in class order (\(train.classes.joined(separator: ", ")))")
+            }
+            return w.map { $0! }
+        }
+    }
+
+    /// Trains (or resumes) a classifier. The best model by validation loss is kept in `out` (early stopping after
+    /// `patience` validations without improvement when it is positive).
+    public static func train(_ s: Settings, model modelSpec: ModelSpec, train trainSpec: PipelineSpec.TrainSpec,
+                             events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> (Trainer, ClassificationObjective) {
+        var baseOptions = Trainer.Options()
+        baseOptions.keepBest = true
+        var baseSpec = ModelSpec()
+        var settings = s
+        if s.resume {
+            guard let saved = try Trainer.savedRun(outDir: s.out) else {
+                throw MambaKitError(.io, "no checkpoint to resume from (checkpoints/latest is missing)", at: s.out)
+            }
+            baseOptions = saved.options
+            baseSpec = ModelSpec(saved.config)
+            settings.tokenizer = try tokenizer(of: saved.config, at: s.out)
+            settings.pooling = Pooling(rawValue: saved.config.mambakit["pooling"] as? String ?? "") ?? s.pooling
+            settings.strand = StrandStrategy(rawValue: saved.config.mambakit["strand"] as? String ?? "") ?? s.strand
+        }
+        // A pretrained backbone fixes the shape and the tokenizer.
+        var pretrained: MambaModel? = nil
+        if let i = s.initFrom, !s.resume {
+            let m = try MambaModel.load(directory: i)
+            settings.tokenizer = try tokenizer(of: m.config, at: i + "/config.json")
+            let given = modelSpec
+            for (name, v) in [("--d-model", given.dModel), ("--layers", given.layers), ("--d-state", given.dState),
+                              ("--d-conv", given.dConv)] where v != nil {
+                throw MambaKitError(.usage, "\(name) cannot be set with --init: the shape comes from the pretrained model", at: i)
+            }
+            baseSpec = ModelSpec(m.config)
+            pretrained = m
+        }
+        let tok = settings.tokenizer
+        var trainSet = try ClassificationDataset.load(s.train, labels: s.trainLabels, tokenizer: tok)
+        var valSet: ClassificationDataset
+        var options = trainSpec.apply(to: baseOptions)
+        if let v = s.val {
+            valSet = try ClassificationDataset.load(v, labels: s.valLabels, tokenizer: tok, classes: trainSet.classes)
+        } else {
+            let split = trainSet.stratifiedSplit(fraction: s.valFraction, seed: options.seed)
+            trainSet = split.train
+            valSet = split.held
+        }
+        guard !trainSet.examples.isEmpty else { throw MambaKitError(.usage, "no training sequences", at: s.train) }
+        for (k, n) in trainSet.classCounts.enumerated() where n == 0 {
+            throw MambaKitError(.usage, "class '\(trainSet.classes[k])' has no training sequences", at: s.train)
+        }
+        let longest = trainSet.examples.map(\.tokens.count).max()!
+        if trainSpec.seqLen == nil && !s.resume { options.seqLen = min(longest, 4096) }
+        guard options.steps > 0, options.batchSize > 0, options.seqLen > 0 else {
+            throw MambaKitError(.usage, "--steps, --batch-size and --seq-len must be positive")
+        }
+        guard options.lr > 0, options.lr.isFinite else { throw MambaKitError(.usage, "--lr must be positive") }
+        let spec = modelSpec.merged(over: baseSpec)
+        var config = try spec.config(vocabSize: tok.vocabSize)
+        if let p = pretrained { config = p.config; config.mambakit = [:] }
+        annotate(&config, classes: trainSet.classes, s: settings)
+        let model: MambaModel
+        if s.resume {
+            model = try MambaModel(config: config)
+        } else {
+            if FileManager.default.fileExists(atPath: s.out + "/checkpoints/latest") {
+                throw MambaKitError(.usage, "the output directory already holds a training run; pass --resume to continue it or choose another --out", at: s.out)
+            }
+            model = try MambaModel(config: config, seed: options.seed)
+            if let p = pretrained {
+                // Every backbone tensor from the pretrained model; the classifier head stays freshly initialised.
+                for v in p.params.layout.views where model.params.layout.contains(v.name) && !v.name.hasPrefix("classifier.") {
+                    model.params.ptr(v.name).update(from: p.params.ptr(v), count: v.count)
+                }
+            }
+        }
+        let classifier = try SequenceClassifier(model: model, pooling: settings.pooling)
+        let weights = try classWeights(s.classWeights, train: trainSet)
+        let objective = try ClassificationObjective(
+            classifier: classifier, train: trainSet.examples, validation: valSet.examples, batchSize: options.batchSize,
+            maxLength: options.seqLen, classWeights: weights, complement: tok.complementIDs, rcAugment: s.rcAugment,
+            strand: settings.strand, chunk: 2048)
+        let fingerprint = trainSet.fingerprint + (s.val.map { _ in valSet.fingerprint } ?? [])
+        let trainer = Trainer(model: model, objective: objective, options: options, outDir: s.out, dataFingerprint: fingerprint)
+        if s.resume { try trainer.resume() }
+        try trainer.run(events: events, shouldStop: shouldStop)
+        return (trainer, objective)
+    }
+
+    /// A trained classifier with its tokenizer and settings.
+    public struct Loaded {
+        public let classifier: SequenceClassifier
+        public let tokenizer: DNATokenizer
+        public var strand: StrandStrategy
+        public var classes: [String] { classifier.classes }
+
+        public init(directory: String) throws {
+            let m = try MambaModel.load(directory: directory)
+            guard !m.config.classLabels.isEmpty else {
+                throw MambaKitError(.usage, "not a classifier (config.json names no mambakit.classes); train one with mambakit classify train", at: directory)
+            }
+            classifier = try SequenceClassifier(model: m)
+            tokenizer = try ClassificationTask.tokenizer(of: m.config, at: directory + "/config.json")
+            let name = m.config.mambakit["strand"] as? String ?? "none"
+            guard let st = StrandStrategy(rawValue: name) else {
+                throw MambaKitError(.config, "mambakit.strand '\(name)' is not one of none, rc-average", at: directory)
+            }
+            strand = st
+        }
+
+        public func complement() -> [Int32]? { strand == .rcAverage ? tokenizer.complementIDs : nil }
+    }
+
+    public struct EvalReport {
+        public let loss: Double
+        public let metrics: ClassificationMetrics
+        public let classes: [String]
+        public let seconds: Double
+        public var json: [String: Any] {
+            var o = metrics.json(classes: classes)
+            o["loss"] = loss
+            o["seconds"] = seconds
+            o["sequences_per_s"] = Double(metrics.count) / max(seconds, 1e-9)
+            return o
+        }
+    }
+
+    /// Accuracy, macro-F1, MCC and the confusion matrix on a labelled directory (or file + labels).
+    public static func evaluate(_ loaded: Loaded, data: String, labels: String?, chunk: Int = 2048) throws -> EvalReport {
+        let ds = try ClassificationDataset.load(data, labels: labels, tokenizer: loaded.tokenizer, classes: loaded.classes)
+        guard !ds.examples.isEmpty else { throw MambaKitError(.usage, "no sequences to evaluate", at: data) }
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        let r = try ClassificationObjective.evaluate(classifier: loaded.classifier, ds.examples, strand: loaded.strand,
+                                                     complement: loaded.complement(), chunk: chunk)
+        return EvalReport(loss: r.loss, metrics: r.metrics, classes: ds.classes, seconds: seconds(clock.now - t0))
+    }
+
+    /// Predictions for every record of `input`, streamed `batch` records at a time: `row(id, label, probabilities)`.
+    public static func predict(_ loaded: Loaded, input: String, batch: Int = 16, chunk: Int = 2048,
+                               row: (String, String, [Double]) throws -> Void) throws -> Int {
+        let reader = try SequenceReader(path: input)
+        var pending: [(String, [Int32])] = []
+        var n = 0
+        let complement = loaded.complement()
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            let logits = try loaded.classifier.logits(pending.map(\.1), strand: loaded.strand, complement: complement,
+                                                      chunk: chunk, batchSize: batch)
+            for ((id, _), z) in zip(pending, logits) {
+                let p = ClassificationHead.softmax(z)
+                try row(id, loaded.classes[p.indices.max { p[$0] < p[$1] }!], p)
+            }
+            pending.removeAll()
+        }
+        while let r = try reader.next() {
+            n += 1
+            pending.append((r.name, try ClassificationDataset.tokens(r, index: n, path: input, tokenizer: loaded.tokenizer)))
+            if pending.count == batch { try flush() }
+        }
+        try flush()
+        guard n > 0 else { throw MambaKitError(.usage, "no records to classify", at: input) }
+        return n
+    }
+}

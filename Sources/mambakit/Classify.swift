@@ -1,0 +1,189 @@
+import ArgumentParser
+import Foundation
+import MambaKit
+
+/// Tokenizer options for DNA input, shared by `train --format fasta` and `classify train`.
+struct DNATokenizerOptions: ParsableArguments {
+    @Option(help: "Token vocabulary: bytes (default, tokenizer-free; soft-masking survives) or nucleotide (A C G T N, both cases, and specials).")
+    var vocabulary: String = "bytes"
+    @Option(name: .customLong("case"), help: "Case policy: keep (default) or upper.") var casePolicy: String = "keep"
+    @Option(help: "IUPAC ambiguity codes (RYSWKMBDHV): keep (default), toN or reject.") var iupac: String = "keep"
+
+    func tokenizer() throws -> DNATokenizer {
+        guard let v = DNAVocabulary(rawValue: vocabulary) else {
+            throw MambaKitError(.usage, "--vocabulary '\(vocabulary)' is not one of \(DNAVocabulary.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let c = CasePolicy(rawValue: casePolicy) else {
+            throw MambaKitError(.usage, "--case '\(casePolicy)' is not one of \(CasePolicy.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let i = IUPACPolicy(rawValue: iupac) else {
+            throw MambaKitError(.usage, "--iupac '\(iupac)' is not one of \(IUPACPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return DNATokenizer(vocabulary: v, casePolicy: c, iupacPolicy: i)
+    }
+}
+
+struct Classify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Sequence classification: train a classifier, evaluate it, predict labels for new sequences.",
+        subcommands: [ClassifyTrain.self, ClassifyEval.self, ClassifyPredict.self])
+}
+
+struct ClassifyTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a classifier on a directory with one FASTA/FASTQ (optionally .gz) per class, or a file plus --labels.")
+
+    @Option(help: "Training data: a directory (one sequence file or folder per class; class = file stem), or a sequence file with --labels.") var train: String
+    @Option(help: "TSV of id<TAB>label for a --train file.") var labels: String?
+    @Option(help: "Validation data, laid out like --train (default: --val-fraction of --train, stratified).") var val: String?
+    @Option(name: .customLong("val-labels"), help: "TSV of id<TAB>label for a --val file.") var valLabels: String?
+    @Option(help: "Output directory: the best model by validation loss, checkpoints, metrics.jsonl.") var out: String
+    @Option(help: "Initialise the backbone from this model directory (e.g. from train --format fasta).") var `init`: String?
+    @Option(help: "Pooling over positions: mean (default) or last.") var pooling: String = "mean"
+    @Option(help: "Strand strategy at inference: none (default) or rc-average.") var strand: String = "none"
+    @Flag(inversion: .prefixedNo, help: "Reverse-complement augmentation in training (default on).") var rcAugment = true
+    @Option(name: .customLong("class-weights"), help: "Loss weights: none (default), balanced, or one number per class in class order.") var classWeights: String = "none"
+    @Option(help: "Stop after this many validations without a lower validation loss (default 0: never).") var patience: Int?
+    @Flag(help: "Continue the run in --out from its latest checkpoint.") var resume = false
+    @OptionGroup var shape: ShapeAndScheduleOptions
+    @OptionGroup var dna: DNATokenizerOptions
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            var file = PipelineSpec(name: "classify")
+            if let cfg = shape.config { file = try PipelineSpec.load(path: cfg) }
+            var s = ClassificationTask.Settings(train: train, out: out)
+            s.trainLabels = labels
+            s.val = val
+            s.valLabels = valLabels
+            s.initFrom = `init`
+            guard let p = Pooling(rawValue: pooling) else { throw MambaKitError(.usage, "--pooling '\(pooling)' is not one of mean, last") }
+            guard let st = StrandStrategy(rawValue: strand) else { throw MambaKitError(.usage, "--strand '\(strand)' is not one of none, rc-average") }
+            s.pooling = p
+            s.strand = st
+            s.rcAugment = rcAugment
+            s.classWeights = classWeights
+            s.tokenizer = try dna.tokenizer()
+            s.valFraction = shape.valFraction ?? 0.1
+            s.resume = resume
+            var trainSpec = shape.trainSpec.merged(over: file.train)
+            if let patience {
+                guard patience >= 0 else { throw MambaKitError(.usage, "--patience must be ≥ 0") }
+                trainSpec.patience = patience
+            }
+            let progress = ProgressRenderer()
+            installInterruptHandler()
+            let (trainer, _) = try ClassificationTask.train(
+                s, model: shape.modelSpec.merged(over: file.model), train: trainSpec,
+                events: progress.handle, shouldStop: { interruptRequested != 0 })
+            progress.finish()
+            let best = trainer.bestLoss.isFinite ? String(format: ", best validation loss %.4f at step %d", trainer.bestLoss, trainer.bestStep) : ""
+            printErr("classifier saved to \(out) (step \(trainer.step)\(best))")
+        }
+    }
+}
+
+struct ClassifyEval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval", abstract: "Accuracy, macro-F1, MCC and the confusion matrix on labelled data.")
+
+    @Option(help: "Classifier directory.") var model: String
+    @Option(help: "Labelled data, laid out as for classify train (a directory, or a file with --labels).") var data: String
+    @Option(help: "TSV of id<TAB>label for a --data file.") var labels: String?
+    @Option(help: "Override the model's strand strategy: none or rc-average.") var strand: String?
+    @Option(help: "Tokens per forward chunk (the state is carried; memory does not grow with length).") var chunk: Int = 2048
+    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            guard chunk > 0 else { throw MambaKitError(.usage, "--chunk must be positive") }
+            var loaded = try ClassificationTask.Loaded(directory: model)
+            if let strand {
+                guard let st = StrandStrategy(rawValue: strand) else { throw MambaKitError(.usage, "--strand '\(strand)' is not one of none, rc-average") }
+                loaded.strand = st
+            }
+            let r = try ClassificationTask.evaluate(loaded, data: data, labels: labels, chunk: chunk)
+            if json {
+                try printJSON(r.json)
+            } else {
+                let m = r.metrics
+                print(String(format: "accuracy %.4f  macro-F1 %.4f  MCC %.4f  loss %.4f  over %d sequences (%.1f s)",
+                             m.accuracy, m.macroF1, m.mcc, r.loss, m.count, r.seconds))
+                let w = max(8, r.classes.map(\.count).max() ?? 0)
+                func pad(_ s: String) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
+                print("confusion (rows true, columns predicted)")
+                print(pad("") + " " + r.classes.map(pad).joined(separator: " "))
+                for (k, row) in m.confusion.enumerated() {
+                    print(pad(r.classes[k]) + " " + row.map { pad(String($0)) }.joined(separator: " "))
+                }
+            }
+        }
+    }
+}
+
+struct ClassifyPredict: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "predict", abstract: "Predict labels: TSV on stdout with id, label and one p_<class> column per class.")
+
+    @Option(help: "Classifier directory.") var model: String
+    @Option(help: "FASTA/FASTQ file (optionally gzipped).") var input: String
+    @Option(help: "Override the model's strand strategy: none or rc-average.") var strand: String?
+    @Option(help: "Tokens per forward chunk.") var chunk: Int = 2048
+    @Option(name: .customLong("batch-size"), help: "Records classified together.") var batchSize: Int = 16
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            guard chunk > 0, batchSize > 0 else { throw MambaKitError(.usage, "--chunk and --batch-size must be positive") }
+            var loaded = try ClassificationTask.Loaded(directory: model)
+            if let strand {
+                guard let st = StrandStrategy(rawValue: strand) else { throw MambaKitError(.usage, "--strand '\(strand)' is not one of none, rc-average") }
+                loaded.strand = st
+            }
+            // Rows are buffered and written at the end, so a failure part-way leaves no output that looks whole.
+            var out = "id\tlabel\t" + loaded.classes.map { "p_" + $0 }.joined(separator: "\t") + "\n"
+            _ = try ClassificationTask.predict(loaded, input: input, batch: batchSize, chunk: chunk) { id, label, p in
+                out += id + "\t" + label + "\t" + p.map { String(format: "%.6g", $0) }.joined(separator: "\t") + "\n"
+            }
+            FileHandle.standardOutput.write(Data(out.utf8))
+        }
+    }
+}
+
+struct Fragments: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Cut fixed-length fragments from genomes into train/val/test class directories (one FASTA per source file).")
+
+    @Option(parsing: .upToNextOption, help: "Genome files (FASTA/FASTQ, optionally gzipped), one per class; class = file stem.") var from: [String]
+    @Option(help: "Fragment length in bases.") var length: Int
+    @Option(help: "Fragments per class in each split, e.g. 800,100,100 for train,val,test.") var counts: String = "800,100,100"
+    @Option(help: "Share of every record given to each split, by position, e.g. 0.8,0.1,0.1.") var fractions: String = "0.8,0.1,0.1"
+    @Option(help: "Split names.") var splits: String = "train,val,test"
+    @Option(help: "Output directory: OUT/<split>/<class>.fa.") var out: String
+    @Option(help: "Random seed.") var seed: Int = 0
+    @Option(name: .customLong("max-ambiguous"), help: "Largest share of non-ACGT bases in a fragment.") var maxAmbiguous: Double = 0.1
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            let names = splits.split(separator: ",").map(String.init)
+            let c = counts.split(separator: ",").map { Int($0) }
+            let f = fractions.split(separator: ",").map { Double($0) }
+            guard c.count == names.count, f.count == names.count, !c.contains(nil), !f.contains(nil), seed >= 0 else {
+                throw MambaKitError(.usage, "--splits, --counts and --fractions need one value per split (got \(names.count), \(c.count), \(f.count))")
+            }
+            let result = try FragmentSampler.write(
+                sources: LanguageModelTask.expandPaths(from), length: length,
+                splits: names.indices.map { FragmentSampler.Split(name: names[$0], fraction: f[$0]!, count: c[$0]!) },
+                seed: UInt64(seed), out: out, maxAmbiguous: maxAmbiguous)
+            try printJSON(["out": out, "length": length, "counts": result])
+        }
+    }
+}
