@@ -56,6 +56,7 @@ struct Train: ParsableCommand {
     @Option(help: "Run directory: model, checkpoints, metrics.jsonl.") var out: String
     @Flag(help: "Continue the run in --out from its latest checkpoint, bit for bit.") var resume = false
     @OptionGroup var shape: ShapeAndScheduleOptions
+    @OptionGroup(title: "DNA (--format fasta)") var dna: DNATokenizerOptions
     @OptionGroup var common: CommonOptions
 
     func run() throws {
@@ -72,7 +73,7 @@ struct Train: ParsableCommand {
             installInterruptHandler()
             let trainer = try LanguageModelTask.train(
                 format: format, data: data, out: out, model: model, train: trainSpec,
-                valFraction: shape.valFraction ?? file.valFraction, resume: resume,
+                valFraction: shape.valFraction ?? file.valFraction, resume: resume, tokenizer: try dna.tokenizer(),
                 events: progress.handle, shouldStop: { interruptRequested != 0 })
             progress.finish()
             printErr("model saved to \(out) (step \(trainer.step))")

@@ -6,7 +6,7 @@ public enum DataFormat: String, CaseIterable, Sendable {
     case bytes, fasta, audio
 
     func unsupported() -> MambaKitError {
-        MambaKitError(.usage, "format '\(rawValue)' is not available in this version of mambakit (use --format bytes)")
+        MambaKitError(.usage, "format '\(rawValue)' is not available in this version of mambakit (use --format bytes or fasta)")
     }
 }
 
@@ -50,8 +50,11 @@ public struct ModelSpec: Equatable, Sendable {
 }
 
 public enum LanguageModelTask {
-    /// Loads training streams for `format`; returns the corpus and a fingerprint (paths and sizes).
-    public static func corpus(format: DataFormat, paths: [String], valFraction: Double) throws -> (TokenCorpus, [String]) {
+    /// Loads training streams for `format`; returns the corpus and a fingerprint (paths and sizes). Bytes: one stream
+    /// per file. FASTA/FASTQ: one stream per record, tokenized by `tokenizer`, so windows never run from one record
+    /// into the next (next-base prediction within each sequence).
+    public static func corpus(format: DataFormat, paths: [String], valFraction: Double,
+                              tokenizer: DNATokenizer = DNATokenizer()) throws -> (TokenCorpus, [String]) {
         guard !paths.isEmpty else { throw MambaKitError(.usage, "no --data given") }
         guard valFraction >= 0 && valFraction < 1 else {
             throw MambaKitError(.usage, "--val-fraction must be in [0, 1) (got \(valFraction))")
@@ -67,7 +70,22 @@ public enum LanguageModelTask {
             }
             guard !streams.isEmpty else { throw MambaKitError(.usage, "no files found in --data", at: paths.joined(separator: ", ")) }
             return (try TokenCorpus(streams: streams, valFraction: valFraction), fp)
-        case .fasta, .audio:
+        case .fasta:
+            var streams: [(name: String, tokens: [Int32])] = []
+            var fp: [String] = []
+            for p in expandPaths(paths) {
+                let reader = try SequenceReader(path: p)
+                var i = 0
+                while let r = try reader.next() {
+                    i += 1
+                    guard !r.sequence.isEmpty else { continue }
+                    streams.append(("\(p):\(r.name)", try tokenizer.encode(r.sequence, location: "\(p), record \(i) '\(r.name)'")))
+                }
+                fp.append("\(p):\(fileSize(p))")
+            }
+            guard !streams.isEmpty else { throw MambaKitError(.usage, "no sequences found in --data", at: paths.joined(separator: ", ")) }
+            return (try TokenCorpus(streams: streams, valFraction: valFraction), fp)
+        case .audio:
             throw format.unsupported()
         }
     }
@@ -95,23 +113,31 @@ public enum LanguageModelTask {
     /// take the defaults for a new run, and the saved run's values on `resume` (so `--resume` needs only the
     /// settings that change, typically `--steps`).
     public static func train(format: DataFormat, data: [String], out: String, model modelSpec: ModelSpec,
-                             train trainSpec: PipelineSpec.TrainSpec, valFraction: Double?, resume: Bool,
+                             train trainSpec: PipelineSpec.TrainSpec, valFraction: Double?, resume: Bool, tokenizer: DNATokenizer = DNATokenizer(),
                              events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> Trainer {
         var baseOptions = Trainer.Options()
         var baseSpec = ModelSpec()
+        var tokenizer = tokenizer
         if resume {
             guard let saved = try Trainer.savedRun(outDir: out) else {
                 throw MambaKitError(.io, "no checkpoint to resume from (checkpoints/latest is missing)", at: out)
             }
             baseOptions = saved.options
             baseSpec = ModelSpec(saved.config)
+            if format == .fasta { tokenizer = try ClassificationTask.tokenizer(of: saved.config, at: out) }
         }
         var options = trainSpec.apply(to: baseOptions)
         options.valFraction = valFraction ?? (resume ? baseOptions.valFraction : 0.05)
         let spec = modelSpec.merged(over: baseSpec)
-        let (corpus, fp) = try corpus(format: format, paths: data, valFraction: options.valFraction)
-        var config = try spec.config(vocabSize: ByteTokenizer.vocabSize)
-        config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
+        let (corpus, fp) = try corpus(format: format, paths: data, valFraction: options.valFraction, tokenizer: tokenizer)
+        var config: MambaConfig
+        if format == .fasta {
+            config = try spec.config(vocabSize: tokenizer.vocabSize)
+            config.mambakit = ["format": format.rawValue, "tokenizer": tokenizer.toJSON()]
+        } else {
+            config = try spec.config(vocabSize: ByteTokenizer.vocabSize)
+            config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
+        }
         guard options.steps > 0, options.batchSize > 0, options.seqLen > 0 else {
             throw MambaKitError(.usage, "--steps, --batch-size and --seq-len must be positive")
         }
@@ -135,10 +161,16 @@ public enum LanguageModelTask {
         public var result: Evaluator.Result
         public var format: DataFormat
         public var seconds: Double
+        /// FASTA/FASTQ: the records evaluated (each from a fresh state).
+        public var records = 0
         public var json: [String: Any] {
             var o: [String: Any] = ["loss": result.meanLoss, "bits_per_token": result.bitsPerToken,
                                     "tokens": result.count, "seconds": seconds]
             if format == .bytes { o["bits_per_byte"] = result.bitsPerToken }
+            if format == .fasta {
+                o["bits_per_base"] = result.bitsPerToken
+                o["records"] = records
+            }
             return o
         }
     }
@@ -146,6 +178,7 @@ public enum LanguageModelTask {
     /// Exact NLL of the whole file, streamed in constant memory.
     public static func evaluate(model: MambaModel, path: String, format: DataFormat, chunk: Int = 2048,
                                 progress: ((Int) -> Void)? = nil) throws -> EvalReport {
+        if format == .fasta { return try evaluateSequences(model: model, path: path, chunk: chunk) }
         guard format == .bytes else { throw format.unsupported() }
         try FileInput.checkFile(path)
         guard let fh = FileHandle(forReadingAtPath: path) else { throw MambaKitError(.io, "cannot open", at: path) }
@@ -164,5 +197,29 @@ public enum LanguageModelTask {
         guard any else { throw MambaKitError(.io, "file is empty", at: path) }
         guard r.count > 0 else { throw MambaKitError(.usage, "file has a single token: nothing to predict", at: path) }
         return EvalReport(result: r, format: format, seconds: seconds(clock.now - t0))
+    }
+
+    /// Exact NLL of every record of a FASTA/FASTQ file, each from a fresh state (records are independent
+    /// sequences), tokenized as the model was trained; one record in memory at a time.
+    static func evaluateSequences(model: MambaModel, path: String, chunk: Int) throws -> EvalReport {
+        let tokenizer = try ClassificationTask.tokenizer(of: model.config, at: "model config.json")
+        let reader = try SequenceReader(path: path)
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        var total = Evaluator.Result(sum: 0, count: 0)
+        var records = 0
+        while let r = try reader.next() {
+            records += 1
+            let tokens = try tokenizer.encode(r.sequence, location: "\(path), record \(records) '\(r.name)'")
+            guard tokens.count >= 2 else { continue }
+            let x = try Evaluator.nll(model: model, tokens: tokens, chunk: chunk)
+            total.sum += x.sum
+            total.count += x.count
+        }
+        guard records > 0 else { throw MambaKitError(.usage, "no records in the file", at: path) }
+        guard total.count > 0 else { throw MambaKitError(.usage, "no record has two or more bases: nothing to predict", at: path) }
+        var report = EvalReport(result: total, format: .fasta, seconds: seconds(clock.now - t0))
+        report.records = records
+        return report
     }
 }
