@@ -26,7 +26,7 @@ struct DNATokenizerOptions: ParsableArguments {
 struct Classify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sequence classification: train a classifier, evaluate it, predict labels for new sequences.",
-        subcommands: [ClassifyTrain.self, ClassifyEval.self, ClassifyPredict.self])
+        subcommands: [ClassifyTrain.self, ClassifyEval.self, ClassifyPredict.self, ClassifyExplain.self])
 }
 
 struct ClassifyTrain: ParsableCommand {
@@ -184,6 +184,49 @@ struct Fragments: ParsableCommand {
                 splits: names.indices.map { FragmentSampler.Split(name: names[$0], fraction: f[$0]!, count: c[$0]!) },
                 seed: UInt64(seed), out: out, maxAmbiguous: maxAmbiguous)
             try printJSON(["out": out, "length": length, "counts": result])
+        }
+    }
+}
+
+struct ClassifyExplain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "explain",
+        abstract: "What a classifier reads along one sequence: TSV of position, base, each layer's mean selective Δ and (mean pooling) each position's share of every class logit.")
+
+    @Option(help: "Classifier directory.") var model: String
+    @Option(help: "FASTA/FASTQ file (optionally gzipped).") var input: String
+    @Option(help: "The record to explain (default: the first).") var record: String?
+    @Flag(name: .customLong("reverse-complement"), help: "Reverse-complement the record first.") var reverseComplement = false
+    @Option(help: "Tokens per forward chunk.") var chunk: Int = 2048
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            let loaded = try ClassificationTask.Loaded(directory: model)
+            let reader = try SequenceReader(path: input)
+            var found: SequenceRecord? = nil
+            var index = 0
+            while let r = try reader.next() {
+                index += 1
+                if record == nil || r.name == record { found = r; break }
+            }
+            guard let r = found else {
+                throw MambaKitError(.usage, record.map { "no record named '\($0)'" } ?? "no records", at: input)
+            }
+            let seq = reverseComplement ? ReverseComplement.apply(r.sequence) : r.sequence
+            let tokens = try loaded.tokenizer.encode(seq, location: "\(input), record \(index) '\(r.name)'")
+            let (delta, contrib, logits) = try loaded.classifier.explain(tokens, chunk: chunk)
+            var out = "# record \(r.name); logits " + zip(loaded.classes, logits).map { "\($0)=\(String(format: "%.5g", $1))" }.joined(separator: " ") + "\n"
+            out += "position\tbase\t" + delta.indices.map { "delta_\($0)" }.joined(separator: "\t")
+            if contrib != nil { out += "\t" + loaded.classes.map { "contrib_" + $0 }.joined(separator: "\t") }
+            out += "\n"
+            for t in 0..<seq.count {
+                out += "\(t + 1)\t\(Character(Unicode.Scalar(seq[t])))\t" + delta.map { String(format: "%.5g", $0[t]) }.joined(separator: "\t")
+                if let contrib { out += "\t" + contrib[t].map { String(format: "%.5g", $0) }.joined(separator: "\t") }
+                out += "\n"
+            }
+            FileHandle.standardOutput.write(Data(out.utf8))
         }
     }
 }

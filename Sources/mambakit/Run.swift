@@ -23,6 +23,21 @@ struct Run: ParsableCommand {
                 }
                 try FileManager.default.removeItem(atPath: out)
             }
+            if spec.task == "classify" {
+                let progress = ProgressRenderer()
+                installInterruptHandler()
+                let summary = try ClassificationPipeline.run(
+                    spec, pipelinePath: pipeline, out: out, resume: resume,
+                    events: { e in
+                        switch e {
+                        case let .stage(s): progress.line(s)
+                        case let .training(t): progress.handle(t)
+                        }
+                    }, shouldStop: { interruptRequested != 0 })
+                progress.finish()
+                try printJSON(summary)
+                return
+            }
             guard !spec.trainData.isEmpty else { throw MambaKitError(.config, "data.train is empty", at: pipeline) }
             printErr("pipeline \(spec.name): training on \(spec.trainData.joined(separator: ", "))")
             let progress = ProgressRenderer()

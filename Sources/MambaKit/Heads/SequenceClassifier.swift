@@ -154,4 +154,58 @@ public final class SequenceClassifier {
         }
         return out
     }
+
+    /// What the model reads along one sequence, computed in chunks with the state carried: per layer, the mean
+    /// selective Δ over channels at each position (large Δ: the state takes the input in; small: it keeps its
+    /// memory), and with mean pooling each position's exact share of the logits, `W·h_t / L` (they sum, with the
+    /// bias, to the logits).
+    public func explain(_ tokens: [Int32], chunk: Int = 2048) throws -> (delta: [[Float]], contributions: [[Float]]?, logits: [Float]) {
+        let c = model.config
+        let (D, C, ED, V) = (c.hiddenSize, numClasses, c.intermediateSize, c.vocabSize)
+        guard !tokens.isEmpty else { throw MambaKitError(.usage, "the sequence is empty") }
+        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= V }) {
+            throw MambaKitError(.usage, "token \(bad) outside the model's vocabulary of \(V)")
+        }
+        let n = tokens.count
+        var delta = [[Float]](repeating: [Float](repeating: 0, count: n), count: c.numHiddenLayers)
+        var contrib: [[Float]]? = pooling == .mean ? [] : nil
+        let state = RecurrentState(config: c, batch: 1)
+        let W = model.params.ptr(weightView)
+        var sums = [Double](repeating: 0, count: D)
+        var last = [Float](repeating: 0, count: D)
+        var pos = 0
+        while pos < n {
+            let len = min(chunk, n - pos)
+            let ws = workspace(B: 1, L: len, training: false)
+            let ids = Array(tokens[pos..<(pos + len)])
+            ids.withUnsafeBufferPointer {
+                model.forwardBackbone(ids: $0.baseAddress!, ws: ws, state: state) { layer, d in
+                    for t in 0..<len {
+                        var s: Float = 0
+                        for j in 0..<ED { s += d[t * ED + j] }
+                        delta[layer][pos + t] = s / Float(ED)
+                    }
+                }
+            }
+            let h = ws.hidden
+            for t in 0..<len {
+                let row = h + t * D
+                for j in 0..<D { sums[j] += Double(row[j]) }
+                if contrib != nil {
+                    contrib!.append((0..<C).map { k in
+                        var s: Float = 0
+                        for j in 0..<D { s += W[k * D + j] * row[j] }
+                        return s / Float(n)
+                    })
+                }
+            }
+            if pos + len == n { for j in 0..<D { last[j] = h[(len - 1) * D + j] } }
+            pos += len
+        }
+        let pooled = pooling == .mean ? sums.map { Float($0 / Double(n)) } : last
+        var logits = [Float](repeating: 0, count: C)
+        Linear.forward(out: &logits, ldo: C, inp: pooled, ldi: D, weight: W, bias: model.params.ptr(biasView),
+                       M: 1, I: D, O: C)
+        return (delta, contrib, logits)
+    }
 }

@@ -25,8 +25,10 @@ extension MambaModel {
     }
 
     /// The backbone alone: embeddings, the layers and norm_f, leaving RMSNorm_f(x_L) `(B, L, D)` in `ws.normF`
-    /// for a head (the LM head in `forward`, a classification head). `state` as in `forward`.
-    public func forwardBackbone(ids: UnsafePointer<Int32>, ws: Workspace, state: RecurrentState? = nil) {
+    /// for a head (the LM head in `forward`, a classification head). `state` as in `forward`. `observe`, if given,
+    /// sees each layer's Δ `(B, L, ED)` right after it is computed (what the selection mechanism does, for tracing).
+    public func forwardBackbone(ids: UnsafePointer<Int32>, ws: Workspace, state: RecurrentState? = nil,
+                                observe: ((_ layer: Int, _ delta: UnsafePointer<Float>) -> Void)? = nil) {
         let c = config
         let (B, L) = (ws.B, ws.L)
         let BL = B * L
@@ -67,6 +69,7 @@ extension MambaModel {
             Linear.forward(out: a.delta.ptr, ldo: ED, inp: a.xdbl.ptr, ldi: R + 2 * N, weight: p.ptr(lv.dtW),
                            bias: p.ptr(lv.dtB), M: BL, I: R, O: ED)
             Activations.softplusInPlace(a.delta.ptr, count: BL * ED)
+            observe?(l, a.delta.ptr)
             // y = scan(u, Δ, A, B, C, D)
             let hs = state.map { $0.ssm[l].ptr }
             SelectiveScanSIMD.forward(

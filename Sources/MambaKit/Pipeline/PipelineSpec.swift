@@ -22,6 +22,9 @@ public struct PipelineSpec {
     public var train = TrainSpec()
     public var generate: GenerateSpec?
     public var threads: Int?
+    /// `lm` (default): next-token training; `classify`: a sequence classifier (see `ClassifySpec`).
+    public var task = "lm"
+    public var classify: ClassifySpec?
 
     /// Training options with nil meaning "not given".
     public struct TrainSpec: Equatable, Sendable {
@@ -92,14 +95,24 @@ public struct PipelineSpec {
 
     init(yaml o: [String: Any], path: String) throws {
         let r = YAMLReader(path: path)
-        try r.allow(o, ["name", "data", "model", "train", "generate", "threads"], in: "top level")
+        try r.allow(o, ["name", "task", "data", "model", "train", "generate", "threads", "classify", "pretrain"],
+                    in: "top level")
+        task = try r.string(o, "task") ?? "lm"
+        guard task == "lm" || task == "classify" else {
+            throw MambaKitError(.config, "task '\(task)' is not one of lm, classify", at: path)
+        }
+        if task == "classify" {
+            classify = try ClassifySpec(yaml: o, reader: r)
+        } else if o["classify"] != nil || o["pretrain"] != nil {
+            throw MambaKitError(.config, "'classify' and 'pretrain' sections need task: classify", at: path)
+        }
         let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         name = try r.string(o, "name") ?? stem
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
             throw MambaKitError(.config, "name must be a plain directory name (got '\(name)')", at: path)
         }
         threads = try r.int(o, "threads")
-        if let d = try r.map(o, "data") {
+        if task == "lm", let d = try r.map(o, "data") {
             try r.allow(d, ["format", "train", "eval", "val_fraction"], in: "data")
             if let f = try r.string(d, "format") {
                 guard let fmt = DataFormat(rawValue: f) else {
