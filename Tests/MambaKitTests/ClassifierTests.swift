@@ -115,6 +115,22 @@ func randomDNA(_ n: Int, rng: inout RNG) -> [Int32] {
         #expect(abs(trainLoss - nll / 3) < 1e-5, "training loss \(trainLoss) vs inference \(nll / 3)")
     }
 
+    @Test func longSequencesClassifyInConstantMemory() throws {
+        let clf = try tinyClassifier(pooling: .mean)
+        var rng = RNG(seed: 12)
+        let chunk = 1024
+        // Lengths that are not multiples of the chunk, so the last chunk needs its own (smaller) workspace too.
+        _ = try clf.logits([randomDNA(3 * chunk + 100, rng: &rng).map { $0 % 32 }], chunk: chunk, batchSize: 1)
+        let small = clf.workspaceBytes
+        let long = randomDNA(195 * chunk + 100, rng: &rng).map { $0 % 32 }
+        let z = try clf.logits([long], chunk: chunk, batchSize: 1)
+        #expect(z[0].allSatisfy { $0.isFinite })
+        #expect(clf.workspaceBytes == small, "workspaces grew from \(small) to \(clf.workspaceBytes) bytes for 2·10⁵ tokens")
+        // And the chunked answer is the answer: a 2·10⁵-token sequence in chunks of 1024 vs 8192.
+        let other = try clf.logits([long], chunk: 8192, batchSize: 1)
+        expectClose("2·10⁵ tokens, chunk 1024 vs 8192", z[0], other[0], atol: 1e-4)
+    }
+
     @Test func rcAverageIsStrandSymmetric() throws {
         var c = MambaConfig(vocabSize: 256, dModel: 16, layers: 2, dState: 4, dConv: 4)
         c.classLabels = ["x", "y"]

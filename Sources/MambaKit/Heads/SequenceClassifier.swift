@@ -10,6 +10,8 @@ public final class SequenceClassifier {
     private var workspaces: [[Int]: Workspace] = [:]
 
     public var classes: [String] { model.config.classLabels }
+    /// Bytes held by the cached workspaces: bounded by the chunk and batch size, whatever the sequence lengths.
+    public var workspaceBytes: Int { workspaces.values.reduce(0) { $0 + $1.bytes } }
     public var numClasses: Int { model.config.classLabels.count }
 
     public init(model: MambaModel, pooling: Pooling) throws {
