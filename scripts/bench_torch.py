@@ -44,6 +44,28 @@ generate: greedy decoding with the recurrent state (cache): a random prompt of
           pass (prefill) yields the first new token and is timed separately;
           the remaining ``gen_tokens - 1`` single-token steps are the decode
           time. tokens/s = batch * (gen_tokens - 1) / decode seconds.
+classify: sequence-classification inference, the counterpart of MambaKit's
+          ``SequenceClassifier.logits`` (mean pooling). Only run when listed in
+          ``--tasks`` (e.g. ``--tasks train,generate,classify``). Model: the
+          ``reference`` config as the backbone, in each of the three code paths
+          (``transformers``, ``transformers-mambapy``, ``mambapy``); logits =
+          ``torch.nn.Linear(d_model, 2)`` (with bias) applied to the mean over
+          positions of the final hidden states after the final RMSNorm (for
+          transformers the backbone's ``last_hidden_state``, which is after
+          ``norm_f``; for mambapy ``norm_f(mamba(embedding(ids)))``); the LM head
+          is not applied. One fixed batch of random byte tokens per workload,
+          ``torch.inference_mode()``, float32, 1 untimed warm-up pass, then timed
+          passes: at least ``--classify-min-passes`` (2) and until
+          ``--classify-seconds`` (3 s) have passed. Workloads are the pairs of
+          ``--classify-lengths`` and ``--classify-batches`` (default seq_len 1024
+          with batch 16, and 16384 with batch 1). The entry reports
+          seconds_per_batch (mean pass time; also as ``seconds``),
+          sequences_per_s = batch / seconds_per_batch and tokens_per_s =
+          batch * seq_len / seconds_per_batch. The forward pass materialises
+          (batch, d_inner, seq_len, d_state) float32 tensors in every code path
+          (512 MiB each at either default workload). If a workload runs out of
+          time (``--job-timeout``) or memory, its entry carries an ``error`` (with
+          the warm-up pass's numbers if that finished).
 
 Models (random weights, vocabulary 256 = bytes, tied embeddings):
     reference: d_model 256, 4 layers, d_state 16, d_conv 4, expand 2, dt_rank 16
@@ -54,8 +76,9 @@ process's VmHWM, i.e. peak resident set size) belongs to that configuration
 alone; ``rss_baseline_mb`` is the resident size after the imports and before
 the model is built. A failing or crashing measurement becomes an entry with an
 ``error`` field. Unless ``--skip-parity`` is given, a small parity check first
-loads one set of weights into all three code paths and compares their logits
-and greedy tokens.
+loads one set of weights into all three code paths and compares their logits,
+greedy tokens and (with one shared linear head) mean-pooled classification
+logits.
 
 Progress goes to stderr; stdout receives exactly one JSON object. The 1-minute
 load average is recorded at the start and at each entry: numbers taken while
@@ -71,6 +94,7 @@ Usage (from the repository root)::
     .venv-bench/bin/pip install -r scripts/requirements-bench.txt
     .venv-bench/bin/python scripts/bench_torch.py --threads 2 > bench_torch.json
     .venv-bench/bin/python scripts/bench_torch.py --quick        # smoke test
+    .venv-bench/bin/python scripts/bench_torch.py --threads 2 --tasks classify > bench_torch_classify.json
 """
 
 import argparse
@@ -96,9 +120,20 @@ GEN_IMPLS = ["transformers", "mambapy"]
 # biases, norm weights, D or A_log).
 ADAMW = {"lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
 
+# Classes of the linear head in the classify task (a binary classifier).
+CLASSIFY_CLASSES = 2
+
 # --quick: the sequential transformers path gets a shorter sequence because its
 # backward pass grows quadratically with the sequence length.
-QUICK = {"train_seq_len": 256, "slow_train_seq_len": 128, "train_steps": 1, "gen_tokens": 32}
+QUICK = {
+    "train_seq_len": 256,
+    "slow_train_seq_len": 128,
+    "train_steps": 1,
+    "gen_tokens": 32,
+    "classify_lengths": "128,512",
+    "classify_batches": "4,1",
+    "classify_seconds": 0.0,
+}
 
 HF_PATH_NOTES = {
     "transformers": (
@@ -325,6 +360,7 @@ class Impl:
         self.cfg = cfg
         self.kind = "hf" if name.startswith("transformers") else "mambapy"
         self.notes = ""
+        self.build_notes = ""
         if model is not None:
             self.model = model
         elif self.kind == "hf":
@@ -332,12 +368,21 @@ class Impl:
             self.notes = HF_PATH_NOTES[name]
         else:
             self.model, how = build_mambapy(cfg, use_pscan=True)
+            self.build_notes = how
             self.notes = f"{how}; training scan: mambapy.pscan (pscan=True); generation: LM.step recurrence"
 
     def logits(self, ids):
         if self.kind == "hf":
             return self.model(input_ids=ids, use_cache=False).logits
         return self.model(ids)
+
+    def hidden(self, ids):
+        """Final hidden states [B, L, D] before the LM head, after the final RMSNorm."""
+        if self.kind == "hf":
+            # MambaModel applies norm_f before returning last_hidden_state
+            return self.model.backbone(input_ids=ids, use_cache=False).last_hidden_state
+        m = self.model
+        return m.norm_f(m.mamba(m.embedding(ids)))
 
     # generation: prefill returns (state, last logits [B, V])
     def prefill(self, prompt):
@@ -584,6 +629,96 @@ def job_generate(job):
     }
 
 
+def job_classify(job):
+    """Sequence-classification inference: backbone -> final RMSNorm -> mean over
+    positions -> Linear(d_model, num_classes) with bias, under inference_mode."""
+    torch = setup_torch(job["threads"], job["seed"])
+    counter = PscanCounter()
+    baseline = proc_status_mb("VmRSS")
+    cfg = CONFIGS[job["config"]]
+    impl = Impl(job["impl"], cfg)
+    impl.model.eval()
+    head = torch.nn.Linear(cfg["d_model"], job["num_classes"]).eval()
+    B, L = job["batch"], job["seq_len"]
+    ids = torch.randint(0, cfg["vocab_size"], (B, L), dtype=torch.long)
+
+    def classify():
+        return head(impl.hidden(ids).mean(dim=1))
+
+    with torch.inference_mode():
+        log(f"  [{job['label']}] warm-up pass ...")
+        counter.calls = 0
+        t0 = time.perf_counter()
+        logits = classify()
+        warm = time.perf_counter() - t0
+        pscan_calls = counter.calls
+        log(f"  [{job['label']}] warm-up {warm:.2f} s, pscan calls {pscan_calls}")
+        if tuple(logits.shape) != (B, job["num_classes"]):
+            raise RuntimeError(f"logits have shape {tuple(logits.shape)}, expected {(B, job['num_classes'])}")
+        if not bool(torch.isfinite(logits).all()):
+            raise RuntimeError("non-finite classification logits")
+
+        expect_pscan = job["impl"] != "transformers"
+        if expect_pscan and pscan_calls == 0:
+            raise RuntimeError("expected the parallel scan (mambapy.pscan) to run, but it was never called")
+        if not expect_pscan and pscan_calls != 0:
+            raise RuntimeError("expected the sequential scan, but mambapy.pscan was called")
+
+        common = {
+            "warmup_seconds": warm,
+            "pscan_calls_per_pass": pscan_calls,
+            "num_classes": job["num_classes"],
+            "params": count_params(impl.model) + count_params(head),
+            "rss_baseline_mb": baseline,
+        }
+        # If the parent has to abandon the timed passes, it still finds these.
+        write_partial(
+            job,
+            dict(
+                common,
+                partial=True,
+                warmup_sequences_per_s=B / warm,
+                warmup_tokens_per_s=B * L / warm,
+                peak_rss_mb=peak_rss_mb(),
+            ),
+        )
+
+        times = []
+        t_begin = time.perf_counter()
+        while len(times) < job["min_passes"] or time.perf_counter() - t_begin < job["min_seconds"]:
+            t0 = time.perf_counter()
+            logits = classify()
+            times.append(time.perf_counter() - t0)
+        log(
+            f"  [{job['label']}] {len(times)} timed passes, mean {sum(times) / len(times):.3f} s "
+            f"(min {min(times):.3f} s, max {max(times):.3f} s)"
+        )
+    sec = sum(times) / len(times)
+    if impl.kind == "hf":
+        path = impl.notes
+        how = "hidden = model.backbone(input_ids, use_cache=False).last_hidden_state (after norm_f)"
+    else:
+        path = f"{impl.build_notes}; scan: mambapy.pscan (pscan=True)"
+        how = "hidden = norm_f(mamba(embedding(ids)))"
+    return dict(
+        common,
+        sequences_per_s=B / sec,
+        tokens_per_s=B * L / sec,
+        seconds_per_batch=sec,
+        seconds=sec,
+        pass_seconds=times,
+        passes_timed=len(times),
+        logits_mean_abs=float(logits.abs().mean()),
+        notes=(
+            f"{path}; {how}; logits = Linear(d_model, {job['num_classes']}, bias)(hidden.mean(dim=1)); LM head "
+            f"not applied; one batch of random byte tokens, 1 untimed warm-up pass, then timed passes until both "
+            f"{job['min_passes']} passes and {job['min_seconds']:g} s; seconds_per_batch = mean pass time; "
+            f"sequences/s = batch/seconds_per_batch; tokens/s = batch*seq_len/seconds_per_batch; "
+            f"torch.inference_mode; float32"
+        ),
+    )
+
+
 def job_parity(job):
     """Same weights in all three code paths: compare logits and greedy tokens."""
     torch = setup_torch(job["threads"], job["seed"])
@@ -624,6 +759,9 @@ def job_parity(job):
         res["max_abs_logit_diff_mambapy_vs_transformers"] = float((mp_logits - ref).abs().max())
         res["loss_transformers"] = float(next_token_loss(ref, ids))
         res["loss_mambapy"] = float(next_token_loss(mp_logits, ids))
+        head = torch.nn.Linear(cfg["d_model"], CLASSIFY_CLASSES)
+        cls = [head(Impl(n, cfg, model=m).hidden(ids).mean(dim=1)) for n, m in (("transformers", hf), ("mambapy", mp))]
+        res["max_abs_classify_logit_diff_mambapy_vs_transformers"] = float((cls[1] - cls[0]).abs().max())
 
         toks = {}
         for kind, impl_name in (("hf", "transformers"), ("mp", "mambapy")):
@@ -645,6 +783,7 @@ def job_parity(job):
         res["max_abs_logit_diff_transformers_mambapy_vs_sequential"] < tol
         and res["max_abs_logit_diff_mambapy_vs_transformers"] < tol
         and res["max_abs_decode_logit_diff"] < tol
+        and res["max_abs_classify_logit_diff_mambapy_vs_transformers"] < tol
         and res["greedy_16_tokens_equal"]
         and used > 0
     )
@@ -690,7 +829,9 @@ def worker_main(job_json, out_path):
     rc = 0
     t0 = time.perf_counter()
     try:
-        fn = {"train": job_train, "generate": job_generate, "env": job_env_parity}[job["task"]]
+        fn = {"train": job_train, "generate": job_generate, "classify": job_classify, "env": job_env_parity}[
+            job["task"]
+        ]
         result = fn(job)
         try:
             import torch
@@ -759,10 +900,12 @@ def run_worker(job, timeout, threads, omp_wait_policy=None):
             res = {"error": why}
             if partial:
                 partial.pop("partial")
-                res["error"] += "; only the warm-up step finished (its numbers are included)"
+                what = "pass" if job.get("task") == "classify" else "step"
+                res["error"] += f"; only the warm-up {what} finished (its numbers are included)"
                 res.update(partial)
         elif res.get("partial"):
-            res = {"error": f"worker exited with code {rc} after the warm-up step", **res}
+            what = "pass" if job.get("task") == "classify" else "step"
+            res = {"error": f"worker exited with code {rc} after the warm-up {what}", **res}
             res.pop("partial")
         return res, time.perf_counter() - t0
     finally:
@@ -773,9 +916,36 @@ def run_worker(job, timeout, threads, omp_wait_policy=None):
                 pass
 
 
+TASKS = ("train", "generate", "classify")
+
+
+def parse_tasks(args):
+    tasks = set(args.tasks.split(","))
+    unknown = tasks - set(TASKS)
+    if unknown:
+        raise SystemExit(f"unknown task(s) {sorted(unknown)}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
+def classify_workloads(args):
+    """(seq_len, batch) pairs from --classify-lengths / --classify-batches."""
+    lengths = [int(x) for x in args.classify_lengths.split(",")]
+    batches = [int(x) for x in args.classify_batches.split(",")]
+    if len(batches) == 1:
+        batches = batches * len(lengths)
+    if len(batches) != len(lengths):
+        raise SystemExit(
+            f"--classify-batches needs one value or one per --classify-lengths value "
+            f"({len(lengths)}), got {len(batches)}"
+        )
+    if min(lengths + batches) < 1:
+        raise SystemExit("--classify-lengths and --classify-batches must be >= 1")
+    return list(zip(lengths, batches))
+
+
 def plan(args):
     jobs = []
-    tasks = set(args.tasks.split(","))
+    tasks = parse_tasks(args)
     impls = set(args.impls.split(",")) if args.impls else None
     if impls and not impls <= set(TRAIN_IMPLS + GEN_IMPLS):
         raise SystemExit(f"unknown impl(s) {sorted(impls - set(TRAIN_IMPLS + GEN_IMPLS))}")
@@ -826,6 +996,24 @@ def plan(args):
                             gen_tokens=args.gen_tokens,
                         )
                     )
+    if "classify" in tasks:
+        for L, b in classify_workloads(args):
+            for impl in TRAIN_IMPLS:
+                if impls and impl not in impls:
+                    continue
+                jobs.append(
+                    dict(
+                        base,
+                        task="classify",
+                        impl=impl,
+                        config="reference",
+                        batch=b,
+                        seq_len=L,
+                        num_classes=CLASSIFY_CLASSES,
+                        min_passes=args.classify_min_passes,
+                        min_seconds=args.classify_seconds,
+                    )
+                )
     jobs.extend(j for j in train_jobs if j["impl"] == "transformers")
     for j in jobs:
         j["label"] = f"{j['task']} {j['impl']} {j['config']} B={j['batch']} L={j['seq_len']}"
@@ -841,11 +1029,20 @@ def load_average():
 
 def make_entry(job, res):
     entry = {k: job.get(k) for k in ("impl", "task", "config", "batch", "seq_len", "threads")}
+    if job["task"] == "classify":
+        entry["sequences_per_s"] = rnd(res.get("sequences_per_s"), 4)
     entry["tokens_per_s"] = rnd(res.get("tokens_per_s"), 2)
+    if job["task"] == "classify":
+        entry["seconds_per_batch"] = rnd(res.get("seconds_per_batch"), 4)
     entry["seconds"] = rnd(res.get("seconds"), 4)
     entry["peak_rss_mb"] = rnd(res.get("peak_rss_mb"), 1)
     if job["task"] == "train":
         default_note = HF_PATH_NOTES.get(job["impl"], "mambapy language model, pscan=True")
+    elif job["task"] == "classify":
+        default_note = (
+            HF_PATH_NOTES.get(job["impl"], "mambapy, pscan=True")
+            + "; sequence classification: final-norm hidden states, mean over positions, linear head"
+        )
     else:
         default_note = "greedy decoding with recurrent state"
     entry["notes"] = res.get("notes", default_note)
@@ -896,7 +1093,29 @@ def main(argv=None):
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--gen-batches", default="1,16")
     p.add_argument("--configs", default="reference,mamba130m", help="generation configs")
-    p.add_argument("--tasks", default="train,generate")
+    p.add_argument(
+        "--tasks",
+        default="train,generate",
+        help="comma-separated subset of train, generate, classify (default train,generate; classify only runs "
+        "when listed, e.g. --tasks train,generate,classify)",
+    )
+    p.add_argument(
+        "--classify-lengths",
+        default=None,
+        help="classify: sequence lengths, paired with --classify-batches (default 1024,16384)",
+    )
+    p.add_argument(
+        "--classify-batches",
+        default=None,
+        help="classify: batch size for each --classify-lengths value, or one for all (default 16,1)",
+    )
+    p.add_argument("--classify-min-passes", type=int, default=2, help="classify: minimum timed passes (default 2)")
+    p.add_argument(
+        "--classify-seconds",
+        type=float,
+        default=None,
+        help="classify: keep timing passes until this many seconds have passed (default 3)",
+    )
     p.add_argument("--impls", default=None, help=f"subset of {sorted(set(TRAIN_IMPLS + GEN_IMPLS))}")
     p.add_argument("--skip-parity", action="store_true", help="skip the cross-implementation parity check")
     p.add_argument(
@@ -921,10 +1140,21 @@ def main(argv=None):
 
     if args.threads < 1:
         raise SystemExit("--threads must be >= 1")
-    defaults = dict(train_seq_len=2048, train_steps=3, gen_tokens=256)
+    defaults = dict(
+        train_seq_len=2048,
+        train_steps=3,
+        gen_tokens=256,
+        classify_lengths="1024,16384",
+        classify_batches="16,1",
+        classify_seconds=3.0,
+    )
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, QUICK[k] if args.quick else v)
+    if args.classify_min_passes < 1:
+        raise SystemExit("--classify-min-passes must be >= 1")
+    parse_tasks(args)
+    workloads = classify_workloads(args)
     if args.quick and args.slow_train_seq_len is None:
         args.slow_train_seq_len = min(QUICK["slow_train_seq_len"], args.train_seq_len)
 
@@ -952,6 +1182,11 @@ def main(argv=None):
             "prompt_len": args.prompt_len,
             "gen_tokens": args.gen_tokens,
             "gen_batches": [int(x) for x in args.gen_batches.split(",")],
+            "classify_workloads": [{"seq_len": L, "batch": b} for L, b in workloads],
+            "classify_min_passes": args.classify_min_passes,
+            "classify_seconds": args.classify_seconds,
+            "classify_classes": CLASSIFY_CLASSES,
+            "classify_config": "reference",
             "configs": {k: CONFIGS[k] for k in CONFIGS},
             "dtype": "float32",
             "isolation": "one fresh process per entry; peak_rss_mb = VmHWM of that process",
@@ -1002,8 +1237,9 @@ def main(argv=None):
         if "error" in entry:
             log(f"[{i}/{len(jobs)}] {job['label']}: ERROR {entry['error']}")
         else:
+            seqs = f"{entry['sequences_per_s']} seq/s, " if job["task"] == "classify" else ""
             log(
-                f"[{i}/{len(jobs)}] {job['label']}: {entry['tokens_per_s']} tok/s, {entry['seconds']} s, "
+                f"[{i}/{len(jobs)}] {job['label']}: {seqs}{entry['tokens_per_s']} tok/s, {entry['seconds']} s, "
                 f"peak RSS {entry['peak_rss_mb']} MB ({wall:.1f} s wall)"
             )
         save(False)
