@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages MambaKit builds against (and python3 for the notebooks' tooling later).
-# Idempotent; uses sudo when not root.
+# Installs the Debian packages MambaKit builds against, and those that execute notebooks/ (Jupyter's nbconvert, the
+# Python kernel, matplotlib, numpy; NotebookTests runs them). Idempotent; uses sudo when not root.
 set -euo pipefail
-pkgs=(libsndfile1-dev zlib1g-dev libopenblas-dev)
+pkgs=(libsndfile1-dev zlib1g-dev libopenblas-dev
+      jupyter-nbconvert python3-ipykernel python3-matplotlib python3-numpy)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
