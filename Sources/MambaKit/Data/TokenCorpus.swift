@@ -1,5 +1,7 @@
-/// Long token streams for language-model training: one stream per input file, each split into a training part
-/// and a held-out tail (`valFraction` of its tokens, at least one window's worth when the stream allows it).
+/// Token streams for language-model training: one stream per input file (or record), each split into a training part
+/// and a held-out tail (`valFraction` of its tokens, at least one token). With `.wholeStreams`, whole streams are
+/// held out instead (every ⌈1/valFraction⌉-th, at least one, never all): the right split for many short clips
+/// (audio), where a tail of each would leave no clip long enough for a training window.
 ///
 /// Training batches are random windows of L+1 tokens (inputs t…t+L−1, targets t+1…t+L) drawn with the run's RNG:
 /// the stream with probability proportional to its training length, then a uniform start. Windows never cross
@@ -14,8 +16,19 @@ public final class TokenCorpus {
 
     public let streams: [Stream]
 
-    public init(streams named: [(name: String, tokens: [Int32])], valFraction: Double) throws {
+    public enum Holdout: Sendable { case tails, wholeStreams }
+
+    public init(streams named: [(name: String, tokens: [Int32])], valFraction: Double, holdout: Holdout = .tails) throws {
         guard !named.isEmpty else { throw MambaKitError(.usage, "no training data given") }
+        if holdout == .wholeStreams && valFraction > 0 && named.count >= 2 {
+            let every = max(2, Int((1 / valFraction).rounded(.up)))
+            // Every `every`-th stream, or the last one when there are fewer than `every`.
+            let held = named.count >= every ? Set(stride(from: every - 1, to: named.count, by: every)) : [named.count - 1]
+            streams = named.enumerated().map { i, s in
+                Stream(name: s.name, tokens: s.tokens, trainEnd: held.contains(i) ? 0 : s.tokens.count)
+            }
+            return
+        }
         streams = named.map { s in
             let hold = valFraction > 0 ? max(1, Int((Double(s.tokens.count) * valFraction).rounded())) : 0
             return Stream(name: s.name, tokens: s.tokens, trainEnd: max(0, s.tokens.count - hold))
