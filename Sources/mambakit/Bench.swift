@@ -15,7 +15,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Python interpreter with torch, transformers and mambapy: also run scripts/bench_torch.py.") var torch: String?
     @Option(name: .customLong("torch-args"), help: "Extra arguments for scripts/bench_torch.py (one string, split on spaces).") var torchArgs: String?
     @Option(help: "Write the JSON results here as well.") var output: String?
-    @Option(help: "Run only these measurements: train, generate (comma-separated).") var only: String?
+    @Option(help: "Run only these measurements: train, generate, classify (comma-separated; default train,generate).") var only: String?
+    @Option(name: .customLong("classify-lengths"), help: "Classification: sequence lengths, paired with --classify-batches.") var classifyLengths: String = "1024,16384"
+    @Option(name: .customLong("classify-batches"), help: "Classification: sequences per call, one per length.") var classifyBatches: String = "16,1"
     @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m (comma-separated).") var genConfigs: String = "reference,mamba130m"
     @Option(name: .customLong("gen-batches"), help: "Generation batch sizes (comma-separated).") var genBatches: String = "1,16"
     @OptionGroup var common: CommonOptions
@@ -49,11 +51,21 @@ struct Bench: ParsableCommand {
                     results.append(r)
                 }
             }
+            if parts.contains("classify") {
+                let lengths = quick ? [128, 512] : classifyLengths.split(separator: ",").compactMap { Int($0) }
+                let batches = quick ? [4, 1] : classifyBatches.split(separator: ",").compactMap { Int($0) }
+                guard lengths.count == batches.count, !lengths.isEmpty else {
+                    throw MambaKitError(.usage, "--classify-lengths and --classify-batches need one value each, paired")
+                }
+                for (len, b) in zip(lengths, batches) {
+                    results.append(try benchClassify(config: reference, name: "reference", length: len, batch: b))
+                }
+            }
             var doc: [String: Any] = ["mambakit": results, "threads": threads, "memory_bandwidth_gb_s": bw / 1e9,
                                       "cpu": cpuName()]
             if let py = torch {
                 printErr("running the PyTorch reference: \(py) scripts/bench_torch.py")
-                doc["torch"] = runTorch(python: py, threads: threads)
+                doc["torch"] = runTorch(python: py, threads: threads, tasks: parts.sorted())
             }
             let data = try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys])
             if let output { try AtomicFile.write(data + Data([10]), to: output) }
@@ -122,11 +134,16 @@ struct Bench: ParsableCommand {
                 "parameters": config.parameterCount]
     }
 
-    func runTorch(python: String, threads: Int) -> Any {
+    func runTorch(python: String, threads: Int, tasks: [String]) -> Any {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
         var args = ["scripts/bench_torch.py", "--threads", String(threads)]
-        if quick { args.append("--quick") } else { args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens)] }
+        if quick { args.append("--quick") } else {
+            args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens),
+                     "--classify-lengths", classifyLengths, "--classify-batches", classifyBatches]
+        }
+        let torchTasks = tasks.filter { ["train", "generate", "classify"].contains($0) }
+        if !torchTasks.isEmpty { args += ["--tasks", torchTasks.joined(separator: ",")] }
         args += (torchArgs ?? "").split(separator: " ").map(String.init)
         p.arguments = args
         let pipe = Pipe()
