@@ -22,6 +22,29 @@ public struct Sampler: Sendable {
             for v in 1..<V where logits[v] > logits[best] { best = v }
             return Int32(best)
         }
+        if topK == 0 && topP >= 1 {
+            // Plain sampling needs no order: draw from the unsorted distribution (the same distribution, without
+            // sorting V tokens per step; a different token for the same random number than the sorted path).
+            var mx = logits[0]
+            for v in 1..<V { mx = max(mx, logits[v]) }
+            let invT = 1 / temperature
+            return withUnsafeTemporaryAllocation(of: Double.self, capacity: V) { p in
+                var z = 0.0
+                for v in 0..<V {
+                    p[v] = exp((Double(logits[v]) - Double(mx)) * invT)
+                    z += p[v]
+                }
+                var r = rng.uniform() * z
+                for v in 0..<V {
+                    r -= p[v]
+                    if r < 0 { return Int32(v) }
+                }
+                // Rounding left r ≥ 0 after the last token: the last token with non-zero probability.
+                var last = V - 1
+                while last > 0 && p[last] == 0 { last -= 1 }
+                return Int32(last)
+            }
+        }
         var order = Array(0..<V)
         let scaled = (0..<V).map { Double(logits[$0]) / temperature }
         order.sort { scaled[$0] > scaled[$1] || (scaled[$0] == scaled[$1] && $0 < $1) }

@@ -24,9 +24,8 @@ public enum SelectiveScanSIMD {
         // A block of 16 channels costs ~N·B·L·2 ns; keep ≥ ~20 µs per thread.
         let grain = max(1, 10_000 / max(1, N * s.B * L))
         Parallel.forRanges(nBlocks, grain: grain) { _, lo, hi in
-            let h = UnsafeMutablePointer<F16x>.allocate(capacity: N)
-            let Av = UnsafeMutablePointer<F16x>.allocate(capacity: N)
-            defer { h.deallocate(); Av.deallocate() }
+          withUnsafeTemporaryAllocation(of: F16x.self, capacity: 2 * N) { buf in
+            let h = buf.baseAddress!, Av = buf.baseAddress! + N
             for blk in lo..<hi {
                 let d0 = blk * 16
                 let w = min(16, ED - d0)
@@ -56,6 +55,7 @@ public enum SelectiveScanSIMD {
                     if let hOut { for n in 0..<N { storeF16x(h[n], hOut + (b * N + n) * ED + d0, w) } }
                 }
             }
+          }
         }
     }
 

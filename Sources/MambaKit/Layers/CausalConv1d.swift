@@ -11,6 +11,26 @@ public enum CausalConv1d {
                                weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                context: UnsafePointer<Float>?,
                                B: Int, L: Int, ED: Int, K: Int) {
+        if B * L <= 2 {
+            // A generation step: one or two rows, where transposing the taps would cost more than the rows.
+            for row in 0..<(B * L) {
+                let b = row / L, t = row % L
+                let o = out + row * ED
+                for d in 0..<ED {
+                    var acc = bias?[d] ?? 0
+                    for k in 0..<K {
+                        let src = t - (K - 1) + k
+                        if src >= 0 {
+                            acc += weight[d * K + k] * x[(b * L + src) * ldx + d]
+                        } else if let context {
+                            acc += weight[d * K + k] * context[(b * (K - 1) + (K - 1 + src)) * ED + d]
+                        }
+                    }
+                    o[d] = acc
+                }
+            }
+            return
+        }
         // Taps transposed to (K, ED) so that every inner loop runs over contiguous channels.
         let wT = transposedTaps(weight, ED: ED, K: K)
         defer { wT.deallocate() }
