@@ -214,4 +214,31 @@ private let complementOf: [Character: Character] = [
         #expect(type?.message.contains("expected dna") == true)
         #expect(type?.location == "m/config.json")
     }
+
+    // MARK: The committed samples
+
+    /// Every file of samples/dna/ reads with SequenceReader (gzip and BGZF) and holds only IUPAC letters.
+    @Test func dnaSamplesReadAndTokenize() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("samples/dna").path
+        let expected: [(String, Int, Int)] = [   // path, records, bases
+            ("origin/lambda_phage.fa.gz", 1, 48_502), ("origin/s_aureus.fa.gz", 1, 200_000),
+            ("origin/h_pylori.fa.gz", 1, 200_000), ("origin/c_elegans.fa.gz", 1, 200_000),
+            ("origin/h_sapiens.fa.gz", 1, 40_000), ("genome/h_pylori_f32.fa.gz", 1, 1_578_824),
+            ("promoters/dm3_upstream2000_subset.fa.gz", 1000, 2_000_000), ("bgzf/genes.fasta.gz", 20, 69_469),
+        ]
+        let tok = DNATokenizer(vocabulary: .nucleotide, iupacPolicy: .reject)
+        for (file, records, bases) in expected {
+            let path = root + "/" + file
+            let reader = try SequenceReader(path: path)
+            #expect(reader.isCompressed && reader.format == .fasta, "\(file)")
+            var n = 0, total = 0
+            while let r = try reader.next() {
+                n += 1
+                total += r.sequence.count
+                _ = try tok.encode(r.sequence, location: "\(path), record '\(r.name)'")
+            }
+            #expect(n == records && total == bases, "\(file): \(n) records, \(total) bases")
+        }
+    }
 }
