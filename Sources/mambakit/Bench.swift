@@ -15,7 +15,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Python interpreter with torch, transformers and mambapy: also run scripts/bench_torch.py.") var torch: String?
     @Option(name: .customLong("torch-args"), help: "Extra arguments for scripts/bench_torch.py (one string, split on spaces).") var torchArgs: String?
     @Option(help: "Write the JSON results here as well.") var output: String?
-    @Option(help: "Run only these measurements: train, generate (comma-separated).") var only: String?
+    @Option(help: "Run only these measurements: train, generate, parse (comma-separated; parse only when named).") var only: String?
     @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m (comma-separated).") var genConfigs: String = "reference,mamba130m"
     @Option(name: .customLong("gen-batches"), help: "Generation batch sizes (comma-separated).") var genBatches: String = "1,16"
     @OptionGroup var common: CommonOptions
@@ -49,6 +49,7 @@ struct Bench: ParsableCommand {
                     results.append(r)
                 }
             }
+            if parts.contains("parse") { results += try benchParse(quick: quick) }
             var doc: [String: Any] = ["mambakit": results, "threads": threads, "memory_bandwidth_gb_s": bw / 1e9,
                                       "cpu": cpuName()]
             if let py = torch {
