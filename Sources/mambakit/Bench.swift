@@ -15,7 +15,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Python interpreter with torch, transformers and mambapy: also run scripts/bench_torch.py.") var torch: String?
     @Option(name: .customLong("torch-args"), help: "Extra arguments for scripts/bench_torch.py (one string, split on spaces).") var torchArgs: String?
     @Option(help: "Write the JSON results here as well.") var output: String?
-    @Option(help: "Run only these measurements: train, generate, classify (comma-separated; default train,generate).") var only: String?
+    @Option(help: "Run only these measurements: train, generate, classify, parse (comma-separated; default train,generate).") var only: String?
     @Option(name: .customLong("classify-lengths"), help: "Classification: sequence lengths, paired with --classify-batches.") var classifyLengths: String = "1024,16384"
     @Option(name: .customLong("classify-batches"), help: "Classification: sequences per call, one per length.") var classifyBatches: String = "16,1"
     @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m (comma-separated).") var genConfigs: String = "reference,mamba130m"
@@ -61,6 +61,7 @@ struct Bench: ParsableCommand {
                     results.append(try benchClassify(config: reference, name: "reference", length: len, batch: b))
                 }
             }
+            if parts.contains("parse") { results += try benchParse(quick: quick) }
             var doc: [String: Any] = ["mambakit": results, "threads": threads, "memory_bandwidth_gb_s": bw / 1e9,
                                       "cpu": cpuName()]
             if let py = torch {

@@ -334,4 +334,79 @@ struct SequenceReaderTests {
             #expect(bases == expected.reduce(0) { $0 + $1.1 })
         }
     }
+
+    /// The line scanner reads eight bytes at a time: a control byte at any offset of a long line (sequence or header)
+    /// is found, a tab or a non-ASCII byte is not one, and a CR is an error except right before the LF.
+    @Test func controlBytesAtEveryOffsetOfLongLines() throws {
+        let dir = try SeqTempDir()
+        defer { dir.cleanUp() }
+        let width = 70
+        for offset in 0..<width {
+            for (byte, fragment) in [(UInt8(0x00), "binary data"), (0x01, "binary data"), (0x0B, "binary data"),
+                                     (0x1F, "binary data"), (0x0D, "carriage return"), (0x09, nil), (0x20, nil),
+                                     (0x7F, nil), (0x80, nil), (0xFF, nil)] as [(UInt8, String?)] {
+                var line = [UInt8](repeating: UInt8(ascii: "A"), count: width)
+                line[offset] = byte
+                // The bad line is the sequence's second line (line 3), after a clean 70-byte line.
+                let text = bytes(">r desc\n") + [UInt8](repeating: UInt8(ascii: "C"), count: width) + [0x0A] + line
+                    + bytes("\nGG\n")
+                let path = try dir.write("o\(offset)-\(byte).fa", text)
+                let crlfOK = byte == 0x0D && offset == width - 1   // "...A\r\n" is a CRLF line
+                if let fragment, !crlfOK {
+                    let e = try #require(readError(path), "offset \(offset), byte \(byte)")
+                    #expect(e.description.contains(fragment) && e.description.contains("line 3"), "\(e)")
+                } else {
+                    let r = try readAll(path)
+                    let want = [UInt8](repeating: UInt8(ascii: "C"), count: width) + (crlfOK ? Array(line.dropLast()) : line)
+                        + bytes("GG")
+                    #expect(r.count == 1 && r[0].sequence == want, "offset \(offset), byte \(byte)")
+                }
+                // The same byte in a long header line.
+                var header = bytes(">name ") + [UInt8](repeating: UInt8(ascii: "d"), count: width)
+                header[6 + offset] = byte
+                let hpath = try dir.write("h\(offset)-\(byte).fa", header + bytes("\nACGT\n"))
+                let hcrlf = byte == 0x0D && offset == width - 1
+                if let fragment, !hcrlf {
+                    let e = try #require(readError(hpath), "header offset \(offset), byte \(byte)")
+                    #expect(e.description.contains(fragment) && e.description.contains("line 1"), "\(e)")
+                } else {
+                    let r = try readAll(hpath)
+                    #expect(r.count == 1 && r[0].sequence == bytes("ACGT"), "header offset \(offset), byte \(byte)")
+                }
+            }
+        }
+    }
+
+    /// CRLF lines, and a control byte, across the reader's 1 MiB chunk boundaries.
+    @Test func crlfAndControlBytesAcrossChunkBoundaries() throws {
+        let dir = try SeqTempDir()
+        defer { dir.cleanUp() }
+        var rng = SeqSplitMix(state: 99)
+        let letters = bytes("ACGTacgtN")
+        var lf: [UInt8] = []
+        var crlf: [UInt8] = []
+        var lines = 0
+        for record in 0..<40 {
+            lf += bytes(">s\(record)\n")
+            crlf += bytes(">s\(record)\r\n")
+            lines += 1
+            for _ in 0..<1000 {
+                let line = (0..<61).map { _ in letters.randomElement(using: &rng)! }
+                lf += line + [0x0A]
+                crlf += line + [0x0D, 0x0A]
+                lines += 1
+            }
+        }
+        #expect(crlf.count > 2 << 20)
+        let a = try readAll(try dir.write("lf.fa", lf))
+        let b = try readAll(try dir.write("crlf.fa", crlf))
+        #expect(a.count == 40 && a == b)
+        // A NUL just past the first chunk boundary: the error names its line.
+        var bad = lf
+        let at = (1 << 20) + 3
+        bad[at] = 0
+        let line = bad[0..<at].filter { $0 == 0x0A }.count + 1
+        let e = try #require(readError(try dir.write("nul.fa", bad)))
+        #expect(e.description.contains("binary data") && e.description.contains("line \(line)"), "\(e)")
+    }
 }

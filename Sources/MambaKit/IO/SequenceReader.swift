@@ -143,7 +143,7 @@ public final class SequenceReader {
         let nameEnd = i
         while i < bytes.count && isBlank(bytes[i]) { i += 1 }
         guard nameEnd > nameStart else { throw formatError("record header without a name") }
-        for b in bytes where b < 0x20 && b != 0x09 {
+        if let b = lines.firstControlByte() {
             throw formatError("binary data (byte 0x\(String(b, radix: 16))) in a header line")
         }
         let name = String(decoding: bytes[nameStart..<nameEnd], as: UTF8.self)
@@ -173,6 +173,10 @@ public final class SequenceReader {
 // MARK: - Line splitting
 
 /// Splits a byte stream into lines (LF or CRLF), keeping one line available at a time.
+///
+/// One pass per line, eight bytes at a time, looks for the first control byte (below 0x20, tab excepted): when that is the LF, the
+/// line is known to be clean and the checks for a stray CR and for binary data cost nothing more. Only a line with
+/// another control byte (a CRLF line, binary data) goes through `memchr` and the byte-by-byte checks.
 private final class LineBuffer {
     private let source: ByteSource
     private let path: String
@@ -181,10 +185,13 @@ private final class LineBuffer {
     private var end = 0          // valid bytes are buf[0..<end]
     private var next = 0         // start of the next unread line
     private var scanned = 0      // bytes in next..<scanned are known to hold no LF
+    private var dirty = false    // whether next..<scanned holds a control byte other than tab (else none at all)
     private var eof = false
     private var repeatLine = false
     private(set) var lineStart = 0
     private(set) var lineEnd = 0
+    /// The current line holds no control byte other than tab (so no CR and no binary data).
+    private(set) var lineIsClean = false
     /// 1-based number of the current line.
     private(set) var lineNumber = 0
 
@@ -208,6 +215,7 @@ private final class LineBuffer {
     }
 
     func firstControlByte() -> UInt8? {
+        if lineIsClean { return nil }
         var i = lineStart
         while i < lineEnd {
             let b = buf[i]
@@ -227,27 +235,65 @@ private final class LineBuffer {
             return true
         }
         while true {
+            if scanned < end && !dirty {
+                let c = firstControl(from: scanned, to: end)
+                if c < end && buf[c] == 0x0A {
+                    try setLine(start: next, end: c, terminated: true, clean: true)
+                    return true
+                }
+                if c < end { dirty = true }
+                scanned = c
+            }
             if scanned < end, let lf = memchr(buf + scanned, 0x0A, end - scanned) {
                 let i = buf.distance(to: lf.assumingMemoryBound(to: UInt8.self))
-                try setLine(start: next, end: i, terminated: true)
-                next = i + 1
-                scanned = next
+                try setLine(start: next, end: i, terminated: true, clean: false)
                 return true
             }
             scanned = end
             if eof {
                 if next == end { return false }
-                try setLine(start: next, end: end, terminated: false)
-                next = end
-                scanned = end
+                try setLine(start: next, end: end, terminated: false, clean: !dirty)
                 return true
             }
             try fill()
         }
     }
 
-    private func setLine(start: Int, end lineEndIndex: Int, terminated: Bool) throws {
+    /// The index of the first byte in `from..<to` below 0x20 other than tab (LF and CR included), or `to`.
+    /// Eight bytes at a time: `(x - 0x20…20) & ~x & 0x80…80` is non-zero exactly when some byte of `x` is below 0x20
+    /// (Swift's SIMD masks lower to per-lane code here, this does not); such a word is then checked byte by byte.
+    @inline(__always)
+    private func firstControl(from: Int, to: Int) -> Int {
+        var i = from
+        let raw = UnsafeRawPointer(buf)
+        while i + 8 <= to {
+            let x = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            if (x &- 0x2020_2020_2020_2020) & ~x & 0x8080_8080_8080_8080 != 0 {
+                for j in i..<(i + 8) where buf[j] < 0x20 && buf[j] != 0x09 { return j }
+            }
+            i += 8
+        }
+        while i < to {
+            let b = buf[i]
+            if b < 0x20 && b != 0x09 { return i }
+            i += 1
+        }
+        return to
+    }
+
+    /// Makes `start..<lineEndIndex` the current line and moves past it (and its LF, if `terminated`). A `clean` line
+    /// is known to hold no control byte, so it needs neither the CRLF trim nor the stray-CR check.
+    private func setLine(start: Int, end lineEndIndex: Int, terminated: Bool, clean: Bool) throws {
         lineNumber += 1
+        next = terminated ? lineEndIndex + 1 : lineEndIndex
+        scanned = next
+        dirty = false
+        lineIsClean = clean
+        if clean {
+            lineStart = start
+            lineEnd = lineEndIndex
+            return
+        }
         var e = lineEndIndex
         if terminated && e > start && buf[e - 1] == 0x0D { e -= 1 }
         if e > start && memchr(buf + start, 0x0D, e - start) != nil {
