@@ -18,10 +18,11 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CSndfile", path: "Sources/CSndfile", providers: [.apt(["libsndfile1-dev"])]),
+        .systemLibrary(name: "CSoxr", path: "Sources/CSoxr", providers: [.apt(["libsoxr-dev"])]),
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", providers: [.apt(["libopenblas-dev"])]),
         .target(
             name: "MambaKit",
-            dependencies: ["CZlib", "CSndfile", "COpenBLAS", .product(name: "Yams", package: "Yams")],
+            dependencies: ["CZlib", "CSndfile", "CSoxr", "COpenBLAS", .product(name: "Yams", package: "Yams")],
             swiftSettings: simdFlags + [.swiftLanguageMode(.v5)]
         ),
         .executableTarget(
@@ -31,7 +32,8 @@ let package = Package(
         ),
         .testTarget(
             name: "MambaKitTests",
-            dependencies: ["MambaKit"],
+            // CSndfile: audio tests write their own stereo and FLAC inputs.
+            dependencies: ["MambaKit", "CSndfile"],
             exclude: ["Fixtures"],
             swiftSettings: simdFlags + [.swiftLanguageMode(.v5)]
         ),
