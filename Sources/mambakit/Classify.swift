@@ -23,6 +23,24 @@ struct DNATokenizerOptions: ParsableArguments {
     }
 }
 
+/// Tokenizer options for audio, shared by `train --format audio` and `classify train --format audio`.
+struct AudioTokenizerOptions: ParsableArguments {
+    @Option(name: .customLong("sample-rate"), help: "Audio: the model's sample rate; files are resampled to it (default 16000).")
+    var sampleRate: Int = 16000
+    @Option(help: "Audio: 8-bit quantiser, mulaw (default), sashimi (per-clip min-max, then mu-law) or linear.")
+    var quantizer: String = "mulaw"
+
+    func tokenizer() throws -> AudioTokenizer {
+        guard let q = AudioQuantizer(rawValue: quantizer) else {
+            throw MambaKitError(.usage, "--quantizer '\(quantizer)' is not one of \(AudioQuantizer.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard sampleRate >= 1000 && sampleRate <= 384_000 else {
+            throw MambaKitError(.usage, "--sample-rate must be between 1000 and 384000 (got \(sampleRate))")
+        }
+        return AudioTokenizer(quantizer: q, sampleRate: sampleRate)
+    }
+}
+
 struct Classify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sequence classification: train a classifier, evaluate it, predict labels for new sequences.",
@@ -34,7 +52,8 @@ struct ClassifyTrain: ParsableCommand {
         commandName: "train",
         abstract: "Train a classifier on a directory with one FASTA/FASTQ (optionally .gz) per class, or a file plus --labels.")
 
-    @Option(help: "Training data: a directory (one sequence file or folder per class; class = file stem), or a sequence file with --labels.") var train: String
+    @Option(help: "Training data: a directory (one sequence file or folder per class; class = file stem; audio: one folder per class), or a sequence file with --labels.") var train: String
+    @Option(help: "What the data is: fasta (default) or audio.") var format: String = "fasta"
     @Option(help: "TSV of id<TAB>label for a --train file.") var labels: String?
     @Option(help: "Validation data, laid out like --train (default: --val-fraction of --train, stratified).") var val: String?
     @Option(name: .customLong("val-labels"), help: "TSV of id<TAB>label for a --val file.") var valLabels: String?
@@ -48,6 +67,7 @@ struct ClassifyTrain: ParsableCommand {
     @Flag(help: "Continue the run in --out from its latest checkpoint.") var resume = false
     @OptionGroup var shape: ShapeAndScheduleOptions
     @OptionGroup var dna: DNATokenizerOptions
+    @OptionGroup(title: "Audio (--format audio)") var audio: AudioTokenizerOptions
     @OptionGroup var common: CommonOptions
 
     func run() throws {
@@ -66,7 +86,11 @@ struct ClassifyTrain: ParsableCommand {
             s.strand = st
             s.rcAugment = rcAugment
             s.classWeights = classWeights
-            s.tokenizer = try dna.tokenizer()
+            switch format {
+            case "fasta": s.tokenizer = .dna(try dna.tokenizer())
+            case "audio": s.tokenizer = .audio(try audio.tokenizer())
+            default: throw MambaKitError(.usage, "--format '\(format)' is not one of fasta, audio")
+            }
             s.valFraction = shape.valFraction ?? 0.1
             s.resume = resume
             var trainSpec = shape.trainSpec.merged(over: file.train)
@@ -131,7 +155,7 @@ struct ClassifyPredict: ParsableCommand {
         commandName: "predict", abstract: "Predict labels: TSV on stdout with id, label and one p_<class> column per class.")
 
     @Option(help: "Classifier directory.") var model: String
-    @Option(help: "FASTA/FASTQ file (optionally gzipped).") var input: String
+    @Option(help: "FASTA/FASTQ file (optionally gzipped); for an audio model an audio file or a folder of them.") var input: String
     @Option(help: "Override the model's strand strategy: none or rc-average.") var strand: String?
     @Option(help: "Tokens per forward chunk.") var chunk: Int = 2048
     @Option(name: .customLong("batch-size"), help: "Records classified together.") var batchSize: Int = 16
@@ -215,7 +239,8 @@ struct ClassifyExplain: ParsableCommand {
                 throw MambaKitError(.usage, record.map { "no record named '\($0)'" } ?? "no records", at: input)
             }
             let seq = reverseComplement ? ReverseComplement.apply(r.sequence) : r.sequence
-            let tokens = try loaded.tokenizer.encode(seq, location: "\(input), record \(index) '\(r.name)'")
+            let dna = try ClassificationTask.dnaTokenizer(of: loaded.classifier.model.config, at: model)
+            let tokens = try dna.encode(seq, location: "\(input), record \(index) '\(r.name)'")
             let (delta, contrib, logits) = try loaded.classifier.explain(tokens, chunk: chunk)
             var out = "# record \(r.name); logits " + zip(loaded.classes, logits).map { "\($0)=\(String(format: "%.5g", $1))" }.joined(separator: " ") + "\n"
             out += "position\tbase\t" + delta.indices.map { "delta_\($0)" }.joined(separator: "\t")

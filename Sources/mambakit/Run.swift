@@ -45,6 +45,7 @@ struct Run: ParsableCommand {
             let trainer = try LanguageModelTask.train(
                 format: spec.format, data: spec.trainData, out: out, model: spec.model, train: spec.train,
                 valFraction: spec.valFraction, resume: resume && FileManager.default.fileExists(atPath: out + "/checkpoints/latest"),
+                audio: spec.audio,
                 events: progress.handle, shouldStop: { interruptRequested != 0 })
             progress.finish()
             var summary: [String: Any] = ["name": spec.name, "pipeline": pipeline, "steps": trainer.step,
@@ -60,7 +61,31 @@ struct Run: ParsableCommand {
                 summary["eval"] = j
                 printErr(String(format: "eval: %.4f bits/token over %d tokens", report.result.bitsPerToken, report.result.count))
             }
-            if let g = spec.generate {
+            if let g = spec.generate, spec.format == .audio {
+                let t = spec.audio
+                let sampler = try Sampler(temperature: g.temperature, topK: g.topK, topP: g.topP)
+                var prompt: [Int32] = [t.silenceToken]
+                if let p = g.promptAudio { prompt += t.encode(try AudioFile.readMono(p, sampleRate: t.sampleRate)) }
+                let count = Int((g.seconds * Double(t.sampleRate)).rounded())
+                var rng = RNG(seed: UInt64(max(0, g.seed)))
+                var tokens: [Int32] = []
+                let clock = ContinuousClock()
+                let t0 = clock.now
+                try Generator(model: trainer.model).generate(prompt: prompt, count: count, sampler: sampler, rng: &rng) {
+                    tokens.append($0); return true
+                }
+                let elapsed = secs(clock.now - t0)
+                try AudioFile.writeWAV(t.decode(tokens), sampleRate: t.sampleRate, to: out + "/generated.wav")
+                if g.promptAudio != nil {
+                    try AudioFile.writeWAV(t.decode(Array(prompt.dropFirst())) + t.decode(tokens), sampleRate: t.sampleRate,
+                                           to: out + "/continuation.wav")
+                    summary["continuation"] = out + "/continuation.wav"
+                }
+                summary["generated"] = out + "/generated.wav"
+                summary["generation_real_time_factor"] = elapsed / g.seconds
+                printErr(String(format: "generated %.2f s of audio in %.2f s (real-time factor %.2f) → %@/generated.wav",
+                                g.seconds, elapsed, elapsed / g.seconds, out))
+            } else if let g = spec.generate {
                 let sampler = try Sampler(temperature: g.temperature, topK: g.topK, topP: g.topP)
                 var rng = RNG(seed: UInt64(max(0, g.seed)))
                 var bytes: [UInt8] = []

@@ -57,6 +57,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Continue the run in --out from its latest checkpoint, bit for bit.") var resume = false
     @OptionGroup var shape: ShapeAndScheduleOptions
     @OptionGroup(title: "DNA (--format fasta)") var dna: DNATokenizerOptions
+    @OptionGroup(title: "Audio (--format audio)") var audio: AudioTokenizerOptions
     @OptionGroup var common: CommonOptions
 
     func run() throws {
@@ -74,6 +75,7 @@ struct Train: ParsableCommand {
             let trainer = try LanguageModelTask.train(
                 format: format, data: data, out: out, model: model, train: trainSpec,
                 valFraction: shape.valFraction ?? file.valFraction, resume: resume, tokenizer: try dna.tokenizer(),
+                audio: try audio.tokenizer(),
                 events: progress.handle, shouldStop: { interruptRequested != 0 })
             progress.finish()
             printErr("model saved to \(out) (step \(trainer.step))")

@@ -51,7 +51,7 @@ import Testing
         let d = TempDir()
         let fa = try write(d, "x.fa", ">s1 desc\nACGT\n>s2\nGGCC\n>s3\nTTAA\n")
         let ok = try write(d, "ok.tsv", "id\tlabel\ns2\tneg\ns1\tpos\ns3\tneg\n")
-        let ds = try ClassificationDataset.load(fa, labels: ok, tokenizer: DNATokenizer())
+        let ds = try ClassificationDataset.load(fa, labels: ok, tokenizer: .dna(DNATokenizer()))
         #expect(ds.classes == ["neg", "pos"])
         #expect(ds.examples.map(\.label) == [1, 0, 0])
         let cases: [(String, String, String)] = [
@@ -62,12 +62,12 @@ import Testing
         ]
         for (i, (tsv, message, place)) in cases.enumerated() {
             let p = try write(d, "bad\(i).tsv", tsv)
-            let e = error { _ = try ClassificationDataset.load(fa, labels: p, tokenizer: DNATokenizer()) }
+            let e = error { _ = try ClassificationDataset.load(fa, labels: p, tokenizer: .dna(DNATokenizer())) }
             #expect(e?.message.contains(message) == true && e?.location?.hasSuffix(place) == true,
                     "case \(i): \(String(describing: e))")
         }
         // A sequence file without labels, and labels with a directory, are usage errors.
-        #expect(error { _ = try ClassificationDataset.load(fa, labels: nil, tokenizer: DNATokenizer()) }?.kind == .usage)
+        #expect(error { _ = try ClassificationDataset.load(fa, labels: nil, tokenizer: .dna(DNATokenizer())) }?.kind == .usage)
     }
 
     @Test func stratifiedSplitKeepsEveryClassOnBothSides() throws {

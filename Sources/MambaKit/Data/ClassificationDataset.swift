@@ -148,10 +148,19 @@ public struct ClassificationDataset: Sendable {
                                      fingerprint: ["\(path):\(fileSize(path))", "\(tsv):\(text.count)"])
     }
 
-    /// Either layout: a directory, or a sequence file with `labels`.
-    public static func load(_ path: String, labels: String?, tokenizer: DNATokenizer, classes: [String]? = nil) throws
-        -> ClassificationDataset
+    /// Either layout for DNA (a directory, or a sequence file with `labels`); for audio, a directory with one folder
+    /// of audio files per class.
+    public static func load(_ path: String, labels: String?, tokenizer model: ModelTokenizer, classes: [String]? = nil)
+        throws -> ClassificationDataset
     {
+        let tokenizer: DNATokenizer
+        switch model {
+        case let .audio(t):
+            if labels != nil { throw MambaKitError(.usage, "--labels is for a sequence file; audio data is one folder per class", at: path) }
+            return try loadAudio(directory: path, tokenizer: t, classes: classes)
+        case let .dna(t): tokenizer = t
+        case .bytes: tokenizer = DNATokenizer()
+        }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw MambaKitError(.io, "no such file or directory", at: path)
@@ -193,6 +202,65 @@ public struct ClassificationDataset: Sendable {
 
 func fileSize(_ path: String) -> Int {
     ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? -1
+}
+
+// MARK: - Audio
+
+extension ClassificationDataset {
+    static let audioExtensions: Set<String> = ["wav", "wave", "flac", "ogg", "oga", "opus", "aif", "aiff", "aifc", "au",
+                                               "snd", "caf", "w64", "rf64", "mp3"]
+
+    /// `path` itself if it is a file, else the audio files of the folder `path` (sorted, by extension).
+    public static func audioFiles(_ path: String) throws -> [String] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw MambaKitError(.io, "no such file or directory", at: path)
+        }
+        guard isDir.boolValue else { return [path] }
+        let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasPrefix(".") }.sorted()
+            .filter { audioExtensions.contains(($0 as NSString).pathExtension.lowercased()) }
+        guard !files.isEmpty else { throw MambaKitError(.usage, "no audio files (\(audioExtensions.sorted().joined(separator: ", ")))", at: path) }
+        return files.map { path + "/" + $0 }
+    }
+
+    /// The tokens of one audio file at the tokenizer's rate (mono, resampled).
+    public static func audioTokens(_ path: String, tokenizer: AudioTokenizer) throws -> [Int32] {
+        let x = try AudioFile.readMono(path, sampleRate: tokenizer.sampleRate)
+        guard !x.isEmpty else { throw MambaKitError(.format, "the file holds no samples", at: path) }
+        return tokenizer.encode(x)
+    }
+
+    /// One folder of audio files per class (class = folder name, sorted); every file is one example.
+    public static func loadAudio(directory dir: String, tokenizer: AudioTokenizer, classes known: [String]? = nil) throws
+        -> ClassificationDataset
+    {
+        try requireDirectory(dir)
+        let folders = try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") }.sorted()
+            .filter { var d: ObjCBool = false; return FileManager.default.fileExists(atPath: dir + "/" + $0, isDirectory: &d) && d.boolValue }
+        guard !folders.isEmpty else { throw MambaKitError(.usage, "no class folders (one folder of audio files per class expected)", at: dir) }
+        let classes: [String]
+        if let known {
+            for c in folders where !known.contains(c) {
+                throw MambaKitError(.usage, "class '\(c)' is not one the model knows (\(known.joined(separator: ", ")))", at: dir + "/" + c)
+            }
+            classes = known
+        } else {
+            guard folders.count >= 2 else {
+                throw MambaKitError(.usage, "found only the class '\(folders[0])': a classifier needs at least two (one folder per class)", at: dir)
+            }
+            classes = folders
+        }
+        var examples: [LabeledSequence] = []
+        var fingerprint: [String] = []
+        for c in folders {
+            for path in try audioFiles(dir + "/" + c) {
+                examples.append(LabeledSequence(id: path, tokens: try audioTokens(path, tokenizer: tokenizer),
+                                                label: classes.firstIndex(of: c)!))
+                fingerprint.append("\(path):\(fileSize(path))")
+            }
+        }
+        return ClassificationDataset(classes: classes, examples: examples, fingerprint: fingerprint)
+    }
 }
 
 extension DNATokenizer {

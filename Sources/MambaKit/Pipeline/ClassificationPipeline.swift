@@ -35,7 +35,7 @@ public struct ClassifySpec {
     public var strand = StrandStrategy.none
     public var rcAugment = true
     public var classWeights = "none"
-    public var tokenizer = DNATokenizer()
+    public var tokenizer = ModelTokenizer.dna(DNATokenizer())
     public var valFraction = 0.1
     public var pretrain: Pretrain?
 
@@ -101,8 +101,8 @@ public struct ClassifySpec {
             data = .directories(train: t, val: try r.string(m, "val"), test: try r.string(m, "test"))
         }
         if let c = try r.map(o, "classify") {
-            try r.allow(c, ["pooling", "strand", "rc_augment", "class_weights", "vocabulary", "case", "iupac", "val_fraction"],
-                        in: "classify")
+            try r.allow(c, ["pooling", "strand", "rc_augment", "class_weights", "vocabulary", "case", "iupac", "val_fraction",
+                            "format", "sample_rate", "quantizer"], in: "classify")
             if let p = try r.string(c, "pooling") {
                 guard let v = Pooling(rawValue: p) else { throw MambaKitError(.config, "classify.pooling '\(p)' is not one of mean, last", at: path) }
                 pooling = v
@@ -113,11 +113,23 @@ public struct ClassifySpec {
             }
             rcAugment = try r.bool(c, "rc_augment") ?? rcAugment
             classWeights = try r.string(c, "class_weights") ?? classWeights
-            var t = [String: Any]()
-            t["vocabulary"] = try r.string(c, "vocabulary") ?? "bytes"
-            if let v = try r.string(c, "case") { t["case_policy"] = v }
-            if let v = try r.string(c, "iupac") { t["iupac_policy"] = v }
-            tokenizer = try DNATokenizer(json: t, location: "\(path), classify")
+            let format = try r.string(c, "format") ?? "fasta"
+            switch format {
+            case "fasta":
+                var t = [String: Any]()
+                t["vocabulary"] = try r.string(c, "vocabulary") ?? "bytes"
+                if let v = try r.string(c, "case") { t["case_policy"] = v }
+                if let v = try r.string(c, "iupac") { t["iupac_policy"] = v }
+                tokenizer = .dna(try DNATokenizer(json: t, location: "\(path), classify"))
+            case "audio":
+                var a: [String: Any] = ["type": "audio"]
+                a["sample_rate"] = try r.int(c, "sample_rate") ?? 16000
+                a["quantizer"] = try r.string(c, "quantizer") ?? AudioQuantizer.mulaw.rawValue
+                tokenizer = .audio(try AudioTokenizer(json: a, location: "\(path), classify"))
+                rcAugment = false
+            default:
+                throw MambaKitError(.config, "classify.format '\(format)' is not one of fasta, audio", at: path)
+            }
             valFraction = try r.double(c, "val_fraction") ?? valFraction
         }
         if let p = try r.map(o, "pretrain") {
@@ -211,13 +223,16 @@ public enum ClassificationPipeline {
         // 2. Optional genome pretraining.
         var pretrainedDir: String? = nil
         if let p = c.pretrain {
+            guard case let .dna(dna) = c.tokenizer else {
+                throw MambaKitError(.config, "pretrain reads genomes: it needs a DNA tokenizer", at: pipelinePath)
+            }
             let dir = out + "/pretrain"
             events(.stage("pretraining a DNA language model on \(p.data.joined(separator: ", "))"))
             let t0 = clock.now
             let trainer = try LanguageModelTask.train(
                 format: .fasta, data: p.data, out: dir, model: spec.model, train: p.train, valFraction: 0.05,
                 resume: resume && FileManager.default.fileExists(atPath: dir + "/checkpoints/latest"),
-                tokenizer: c.tokenizer, events: { events(.training($0)) }, shouldStop: shouldStop)
+                tokenizer: dna, events: { events(.training($0)) }, shouldStop: shouldStop)
             summary["pretrain"] = ["dir": dir, "steps": trainer.step, "best_val_loss": trainer.bestLoss.isFinite ? trainer.bestLoss : NSNull(),
                                    "val_bits_per_base": trainer.bestLoss.isFinite ? trainer.bestLoss / log(2.0) : NSNull(),
                                    "seconds": seconds(clock.now - t0)]

@@ -21,7 +21,7 @@ public enum ClassificationTask {
         public var rcAugment = true
         /// "balanced", "none", or comma-separated weights in class order.
         public var classWeights = "none"
-        public var tokenizer = DNATokenizer()
+        public var tokenizer = ModelTokenizer.dna(DNATokenizer())
         /// Validation fraction held out of --train when no --val is given.
         public var valFraction = 0.1
         public var resume = false
@@ -34,21 +34,26 @@ public enum ClassificationTask {
     /// Stores what eval/predict need in the config's `mambakit` object.
     static func annotate(_ c: inout MambaConfig, classes: [String], s: Settings) {
         c.mambakit["task"] = "classification"
-        c.mambakit["format"] = "fasta"
-        c.mambakit["tokenizer"] = s.tokenizer.toJSON()
+        c.mambakit["format"] = s.tokenizer.format.rawValue
+        c.mambakit["tokenizer"] = s.tokenizer.json
         c.mambakit["pooling"] = s.pooling.rawValue
         c.mambakit["strand"] = s.strand.rawValue
         c.classLabels = classes
     }
 
-    /// The tokenizer a model was trained with (`mambakit.tokenizer`); byte models from `train --format bytes` read
-    /// as the byte vocabulary with the case kept.
-    public static func tokenizer(of c: MambaConfig, at location: String) throws -> DNATokenizer {
-        if let t = c.mambakit["tokenizer"] as? [String: Any] { return try DNATokenizer(json: t, location: location) }
-        guard c.vocabSize == 256 else {
-            throw MambaKitError(.config, "the model names no mambakit.tokenizer and its vocabulary is not bytes", at: location)
+    /// The tokenizer a model was trained with (`mambakit.tokenizer`).
+    public static func tokenizer(of c: MambaConfig, at location: String) throws -> ModelTokenizer {
+        try ModelTokenizer(config: c, at: location)
+    }
+
+    /// The DNA tokenizer of a model that reads sequences: a DNA model's own, or for a byte model the byte
+    /// vocabulary with case and IUPAC letters kept.
+    public static func dnaTokenizer(of c: MambaConfig, at location: String) throws -> DNATokenizer {
+        switch try ModelTokenizer(config: c, at: location) {
+        case let .dna(t): return t
+        case .bytes: return DNATokenizer()
+        case .audio: throw MambaKitError(.usage, "an audio model does not read DNA sequences", at: location)
         }
-        return DNATokenizer()
     }
 
     public static func classWeights(_ spec: String, train: ClassificationDataset) throws -> [Float]? {
@@ -97,6 +102,10 @@ public enum ClassificationTask {
             pretrained = m
         }
         let tok = settings.tokenizer
+        if case .audio = tok, s.rcAugment || settings.strand == .rcAverage {
+            settings.strand = .none
+        }
+        let rcAugment = s.rcAugment && tok.complementIDs != nil
         var trainSet = try ClassificationDataset.load(s.train, labels: s.trainLabels, tokenizer: tok)
         var valSet: ClassificationDataset
         var options = trainSpec.apply(to: baseOptions)
@@ -140,7 +149,7 @@ public enum ClassificationTask {
         let weights = try classWeights(s.classWeights, train: trainSet)
         let objective = try ClassificationObjective(
             classifier: classifier, train: trainSet.examples, validation: valSet.examples, batchSize: options.batchSize,
-            maxLength: options.seqLen, classWeights: weights, complement: tok.complementIDs, rcAugment: s.rcAugment,
+            maxLength: options.seqLen, classWeights: weights, complement: tok.complementIDs, rcAugment: rcAugment,
             strand: settings.strand, chunk: 2048)
         let fingerprint = trainSet.fingerprint + (s.val.map { _ in valSet.fingerprint } ?? [])
         let trainer = Trainer(model: model, objective: objective, options: options, outDir: s.out, dataFingerprint: fingerprint)
@@ -152,7 +161,7 @@ public enum ClassificationTask {
     /// A trained classifier with its tokenizer and settings.
     public struct Loaded {
         public let classifier: SequenceClassifier
-        public let tokenizer: DNATokenizer
+        public let tokenizer: ModelTokenizer
         public var strand: StrandStrategy
         public var classes: [String] { classifier.classes }
 
@@ -201,7 +210,6 @@ public enum ClassificationTask {
     /// Predictions for every record of `input`, streamed `batch` records at a time: `row(id, label, probabilities)`.
     public static func predict(_ loaded: Loaded, input: String, batch: Int = 16, chunk: Int = 2048,
                                row: (String, String, [Double]) throws -> Void) throws -> Int {
-        let reader = try SequenceReader(path: input)
         var pending: [(String, [Int32])] = []
         var n = 0
         let complement = loaded.complement()
@@ -215,10 +223,22 @@ public enum ClassificationTask {
             }
             pending.removeAll()
         }
-        while let r = try reader.next() {
-            n += 1
-            pending.append((r.name, try ClassificationDataset.tokens(r, index: n, path: input, tokenizer: loaded.tokenizer)))
-            if pending.count == batch { try flush() }
+        switch loaded.tokenizer {
+        case let .audio(t):
+            // A file, or every audio file of a folder (sorted); the id is the path.
+            for path in try ClassificationDataset.audioFiles(input) {
+                n += 1
+                pending.append((path, try ClassificationDataset.audioTokens(path, tokenizer: t)))
+                if pending.count == batch { try flush() }
+            }
+        default:
+            let dna = try ClassificationTask.dnaTokenizer(of: loaded.classifier.model.config, at: "the model")
+            let reader = try SequenceReader(path: input)
+            while let r = try reader.next() {
+                n += 1
+                pending.append((r.name, try ClassificationDataset.tokens(r, index: n, path: input, tokenizer: dna)))
+                if pending.count == batch { try flush() }
+            }
         }
         try flush()
         guard n > 0 else { throw MambaKitError(.usage, "no records to classify", at: input) }

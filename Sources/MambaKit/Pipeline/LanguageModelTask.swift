@@ -54,7 +54,8 @@ public enum LanguageModelTask {
     /// per file. FASTA/FASTQ: one stream per record, tokenized by `tokenizer`, so windows never run from one record
     /// into the next (next-base prediction within each sequence).
     public static func corpus(format: DataFormat, paths: [String], valFraction: Double,
-                              tokenizer: DNATokenizer = DNATokenizer()) throws -> (TokenCorpus, [String]) {
+                              tokenizer: DNATokenizer = DNATokenizer(),
+                              audio: AudioTokenizer = AudioTokenizer()) throws -> (TokenCorpus, [String]) {
         guard !paths.isEmpty else { throw MambaKitError(.usage, "no --data given") }
         guard valFraction >= 0 && valFraction < 1 else {
             throw MambaKitError(.usage, "--val-fraction must be in [0, 1) (got \(valFraction))")
@@ -86,8 +87,35 @@ public enum LanguageModelTask {
             guard !streams.isEmpty else { throw MambaKitError(.usage, "no sequences found in --data", at: paths.joined(separator: ", ")) }
             return (try TokenCorpus(streams: streams, valFraction: valFraction), fp)
         case .audio:
-            throw format.unsupported()
+            // One stream per file: the start token (silence), then the file's samples at the model's rate. Many
+            // short clips hold out whole clips; a few long recordings hold out their tails.
+            var streams: [(name: String, tokens: [Int32])] = []
+            var fp: [String] = []
+            for p in expandPaths(paths) where ClassificationDataset.audioExtensions.contains((p as NSString).pathExtension.lowercased()) {
+                streams.append((p, [audio.silenceToken] + (try ClassificationDataset.audioTokens(p, tokenizer: audio))))
+                fp.append("\(p):\(fileSize(p))")
+            }
+            guard !streams.isEmpty else {
+                throw MambaKitError(.usage, "no audio files found in --data (\(ClassificationDataset.audioExtensions.sorted().joined(separator: ", ")))", at: paths.joined(separator: ", "))
+            }
+            return (try TokenCorpus(streams: streams, valFraction: valFraction, holdout: streams.count >= 10 ? .wholeStreams : .tails), fp)
         }
+    }
+
+    /// Files named directly, and files found by walking named directories (sorted, hidden ones skipped): audio
+    /// datasets come as one folder per class or speaker.
+    static func expandPathsRecursively(_ paths: [String]) -> [String] {
+        var out: [String] = []
+        for p in paths {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), isDir.boolValue {
+                let names = ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+                out += expandPathsRecursively(names.map { p + "/" + $0 })
+            } else {
+                out.append(p)
+            }
+        }
+        return out
     }
 
     /// Files named directly, or every regular file (sorted, hidden ones skipped) of a named directory.
@@ -114,26 +142,35 @@ public enum LanguageModelTask {
     /// settings that change, typically `--steps`).
     public static func train(format: DataFormat, data: [String], out: String, model modelSpec: ModelSpec,
                              train trainSpec: PipelineSpec.TrainSpec, valFraction: Double?, resume: Bool, tokenizer: DNATokenizer = DNATokenizer(),
+                             audio: AudioTokenizer = AudioTokenizer(),
                              events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> Trainer {
         var baseOptions = Trainer.Options()
         var baseSpec = ModelSpec()
         var tokenizer = tokenizer
+        var audio = audio
         if resume {
             guard let saved = try Trainer.savedRun(outDir: out) else {
                 throw MambaKitError(.io, "no checkpoint to resume from (checkpoints/latest is missing)", at: out)
             }
             baseOptions = saved.options
             baseSpec = ModelSpec(saved.config)
-            if format == .fasta { tokenizer = try ClassificationTask.tokenizer(of: saved.config, at: out) }
+            if format == .fasta { tokenizer = try ClassificationTask.dnaTokenizer(of: saved.config, at: out) }
+            if format == .audio, case let .audio(a) = try ModelTokenizer(config: saved.config, at: out) { audio = a }
         }
         var options = trainSpec.apply(to: baseOptions)
         options.valFraction = valFraction ?? (resume ? baseOptions.valFraction : 0.05)
+        // Audio: one second of sound per window unless told otherwise.
+        if format == .audio && trainSpec.seqLen == nil && !resume { options.seqLen = audio.sampleRate }
         let spec = modelSpec.merged(over: baseSpec)
-        let (corpus, fp) = try corpus(format: format, paths: data, valFraction: options.valFraction, tokenizer: tokenizer)
+        let (corpus, fp) = try corpus(format: format, paths: format == .audio ? expandPathsRecursively(data) : data,
+                                      valFraction: options.valFraction, tokenizer: tokenizer, audio: audio)
         var config: MambaConfig
         if format == .fasta {
             config = try spec.config(vocabSize: tokenizer.vocabSize)
             config.mambakit = ["format": format.rawValue, "tokenizer": tokenizer.toJSON()]
+        } else if format == .audio {
+            config = try spec.config(vocabSize: audio.vocabSize)
+            config.mambakit = ["format": format.rawValue, "tokenizer": audio.toJSON(), "sample_rate": audio.sampleRate]
         } else {
             config = try spec.config(vocabSize: ByteTokenizer.vocabSize)
             config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
@@ -171,6 +208,10 @@ public enum LanguageModelTask {
                 o["bits_per_base"] = result.bitsPerToken
                 o["records"] = records
             }
+            if format == .audio {
+                o["bits_per_sample"] = result.bitsPerToken
+                o["files"] = records
+            }
             return o
         }
     }
@@ -179,6 +220,7 @@ public enum LanguageModelTask {
     public static func evaluate(model: MambaModel, path: String, format: DataFormat, chunk: Int = 2048,
                                 progress: ((Int) -> Void)? = nil) throws -> EvalReport {
         if format == .fasta { return try evaluateSequences(model: model, path: path, chunk: chunk) }
+        if format == .audio { return try evaluateAudio(model: model, path: path, chunk: chunk) }
         guard format == .bytes else { throw format.unsupported() }
         try FileInput.checkFile(path)
         guard let fh = FileHandle(forReadingAtPath: path) else { throw MambaKitError(.io, "cannot open", at: path) }
@@ -199,10 +241,33 @@ public enum LanguageModelTask {
         return EvalReport(result: r, format: format, seconds: seconds(clock.now - t0))
     }
 
+    /// Exact NLL of an audio file, or of every audio file under a folder, each from a fresh state after the start
+    /// token, at the model's sample rate: every sample is predicted (bits per sample).
+    static func evaluateAudio(model: MambaModel, path: String, chunk: Int) throws -> EvalReport {
+        guard case let .audio(t) = try ModelTokenizer(config: model.config, at: "model config.json") else {
+            throw MambaKitError(.usage, "the model is not an audio model", at: path)
+        }
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        var total = Evaluator.Result(sum: 0, count: 0)
+        let files = expandPathsRecursively([path]).filter {
+            ClassificationDataset.audioExtensions.contains(($0 as NSString).pathExtension.lowercased())
+        }
+        guard !files.isEmpty else { throw MambaKitError(.usage, "no audio files", at: path) }
+        for f in files {
+            let x = try Evaluator.nll(model: model, tokens: [t.silenceToken] + ClassificationDataset.audioTokens(f, tokenizer: t), chunk: chunk)
+            total.sum += x.sum
+            total.count += x.count
+        }
+        var report = EvalReport(result: total, format: .audio, seconds: seconds(clock.now - t0))
+        report.records = files.count
+        return report
+    }
+
     /// Exact NLL of every record of a FASTA/FASTQ file, each from a fresh state (records are independent
     /// sequences), tokenized as the model was trained; one record in memory at a time.
     static func evaluateSequences(model: MambaModel, path: String, chunk: Int) throws -> EvalReport {
-        let tokenizer = try ClassificationTask.tokenizer(of: model.config, at: "model config.json")
+        let tokenizer = try ClassificationTask.dnaTokenizer(of: model.config, at: "model config.json")
         let reader = try SequenceReader(path: path)
         let clock = ContinuousClock()
         let t0 = clock.now

@@ -18,6 +18,8 @@ public struct PipelineSpec {
     public var trainData: [String] = []
     public var evalData: String?
     public var valFraction: Double?
+    /// Audio language models: the model's sample rate and quantiser.
+    public var audio = AudioTokenizer()
     public var model = ModelSpec()
     public var train = TrainSpec()
     public var generate: GenerateSpec?
@@ -76,6 +78,9 @@ public struct PipelineSpec {
         public var topK: Int = 0
         public var topP: Double = 1
         public var seed: Int = 0
+        /// Audio models: seconds to generate, and a recording to continue.
+        public var seconds: Double = 1
+        public var promptAudio: String?
     }
 
     public init(name: String) { self.name = name }
@@ -113,7 +118,11 @@ public struct PipelineSpec {
         }
         threads = try r.int(o, "threads")
         if task == "lm", let d = try r.map(o, "data") {
-            try r.allow(d, ["format", "train", "eval", "val_fraction"], in: "data")
+            try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer"], in: "data")
+            var a: [String: Any] = ["type": "audio"]
+            a["sample_rate"] = try r.int(d, "sample_rate") ?? 16000
+            a["quantizer"] = try r.string(d, "quantizer") ?? AudioQuantizer.mulaw.rawValue
+            audio = try AudioTokenizer(json: a, location: "\(path), data")
             if let f = try r.string(d, "format") {
                 guard let fmt = DataFormat(rawValue: f) else {
                     throw MambaKitError(.config, "data.format '\(f)' is not one of \(DataFormat.allCases.map(\.rawValue).joined(separator: ", "))", at: path)
@@ -159,7 +168,8 @@ public struct PipelineSpec {
             train.patience = try r.int(t, "patience")
         }
         if let g = try r.map(o, "generate") {
-            try r.allow(g, ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"], in: "generate")
+            try r.allow(g, ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "seconds", "prompt_audio"],
+                        in: "generate")
             var s = GenerateSpec()
             s.prompt = try r.string(g, "prompt") ?? s.prompt
             s.maxNewTokens = try r.int(g, "max_new_tokens") ?? s.maxNewTokens
@@ -167,6 +177,8 @@ public struct PipelineSpec {
             s.topK = try r.int(g, "top_k") ?? s.topK
             s.topP = try r.double(g, "top_p") ?? s.topP
             s.seed = try r.int(g, "seed") ?? s.seed
+            s.seconds = try r.double(g, "seconds") ?? s.seconds
+            s.promptAudio = try r.string(g, "prompt_audio")
             generate = s
         }
     }
