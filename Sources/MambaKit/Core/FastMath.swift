@@ -10,6 +10,13 @@ public typealias F16x = SIMD16<Float>
 public func expSIMD(_ x: F16x) -> F16x {
     let lo: Float = -87.33654
     let hi: Float = 88.37626
+    // Outside [lo, hi] the exponent bits would wrap: underflow is exactly 0, overflow +inf.
+    return expSIMDInRange(x).replacing(with: 0, where: x .< lo).replacing(with: .infinity, where: x .> hi)
+}
+
+/// e^x for lanes already known to lie in [−87.3, 88.3] (no range masks, which Swift lowers lane by lane).
+@inline(__always)
+public func expSIMDInRange(_ x: F16x) -> F16x {
     // k = round(x·log2 e) by the 1.5·2^23 trick: adding it rounds to nearest-even in the FPU and leaves k in the
     // low mantissa bits, so both the float k and the integer k come without (slow, per-lane) conversions.
     let magic: Float = 12_582_912
@@ -26,8 +33,7 @@ public func expSIMD(_ x: F16x) -> F16x {
     p = p * (r * r) + r + 1
     let ki = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
     let scale = unsafeBitCast((ki &+ 127) &<< 23, to: F16x.self)
-    // Outside [lo, hi] the exponent bits would wrap: underflow is exactly 0, overflow +inf.
-    return (p * scale).replacing(with: 0, where: x .< lo).replacing(with: .infinity, where: x .> hi)
+    return p * scale
 }
 
 /// Natural log of 16 positive lanes (the classic single-precision scheme: x = m·2^e with m in [√½, √2), a degree-8
@@ -35,12 +41,11 @@ public func expSIMD(_ x: F16x) -> F16x {
 /// subnormals, infinities and NaN are not handled: the only caller (softplus) passes values in [1, 2].
 @inline(__always)
 public func logSIMD(_ x: F16x) -> F16x {
-    let bits = unsafeBitCast(x, to: SIMD16<Int32>.self)
-    var e = (bits &>> 23) &- 126
-    var m = unsafeBitCast((bits & 0x007F_FFFF) | 0x3F00_0000, to: F16x.self)  // in [0.5, 1)
-    let small = m .< 0.707106781186547524
-    e = e.replacing(with: e &- 1, where: small)
-    m = m.replacing(with: m + m, where: small) - 1
+    // x = (1 + m)·2^e with 1 + m in [√½, √2): offsetting the bits by those of √½ before splitting them puts the
+    // mantissa in that range directly (integer operations only; lane masks would run lane by lane).
+    let ix = unsafeBitCast(x, to: SIMD16<Int32>.self) &- 0x3F35_04F3
+    let e = ix &>> 23
+    let m = unsafeBitCast((ix & 0x007F_FFFF) &+ 0x3F35_04F3, to: F16x.self) - 1
     // float(e) without a per-lane conversion: the 1.5·2^23 trick in reverse.
     let ef = unsafeBitCast(e &+ 0x4B40_0000, to: F16x.self) - 12_582_912
     let z = m * m
@@ -59,17 +64,22 @@ public func logSIMD(_ x: F16x) -> F16x {
     return m + y + ef * 0.693359375
 }
 
-/// softplus of 16 lanes with PyTorch's threshold (x > 20 → x): max(x, 0) + log1p(e^−|x|), where log1p(t) is
-/// log(1+t)·t/((1+t)−1) so that small t keep full relative precision.
+/// softplus of 16 lanes, max(x, 0) + log1p(e^−|x|), with log1p(t) = log(u) + (t − (u − 1))/u for u = 1 + t (the
+/// correction restores what rounding 1 + t lost, so small t keep full relative precision). PyTorch's threshold
+/// (x > 20 → x) needs no mask: there e^−x < 2.1e-9 is below half an ulp of x, so the sum rounds to x exactly.
+/// Written with integer bit operations instead of lane masks or pointwise min/max (which Swift lowers lane by lane):
+/// |x| clears the sign bit, max(x, 0) = (x + |x|)/2 exactly, and e^−|x| is taken at min(|x|, 87) (an integer min on
+/// the bits of non-negative floats), so for x < −87 the result is e^−87 ≈ 1.6e-38 instead of e^x (error < 2e-38).
 @inline(__always)
 public func softplusSIMD(_ x: F16x) -> F16x {
-    let ax = x.replacing(with: -x, where: x .< 0)
-    let t = expSIMD(-ax)
+    let absBits = unsafeBitCast(x, to: SIMD16<Int32>.self) & 0x7FFF_FFFF
+    let cap: Int32 = 0x42AE_0000  // 87.0
+    let diff = absBits &- cap
+    let capped = unsafeBitCast(cap &+ (diff & (diff &>> 31)), to: F16x.self)
+    let t = expSIMDInRange(-capped)
     let u = 1 + t
-    let d = u - 1
-    let l1p = (logSIMD(u) * (t / d)).replacing(with: t, where: d .== 0)
-    let r = x.replacing(with: 0, where: x .< 0) + l1p
-    return r.replacing(with: x, where: x .> 20)
+    let relu = (x + unsafeBitCast(absBits, to: F16x.self)) * 0.5
+    return relu + (logSIMD(u) + (t - (u - 1)) / u)
 }
 
 /// e^x − 1 of 16 lanes, accurate for small |x| (where e^x − 1 would cancel): a degree-8 Taylor polynomial for
