@@ -111,6 +111,8 @@ import traceback
 CONFIGS = {
     "reference": dict(vocab_size=256, d_model=256, n_layers=4, d_state=16, d_conv=4, expand=2, dt_rank=16),
     "mamba130m": dict(vocab_size=256, d_model=768, n_layers=24, d_state=16, d_conv=4, expand=2, dt_rank=48),
+    # MambaKit's default waveform model (train --format audio): 8-bit samples, so vocabulary 256 as well.
+    "audio": dict(vocab_size=256, d_model=64, n_layers=4, d_state=16, d_conv=4, expand=2, dt_rank=4),
 }
 
 TRAIN_IMPLS = ["transformers", "transformers-mambapy", "mambapy"]
@@ -967,7 +969,7 @@ def plan(args):
                     base,
                     task="train",
                     impl=impl,
-                    config="reference",
+                    config=args.train_config,
                     batch=args.train_batch,
                     seq_len=L,
                     steps=args.train_steps,
@@ -1074,6 +1076,7 @@ def main(argv=None):
         help="sequence length for the transformers sequential path only (default: --train-seq-len)",
     )
     p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--train-config", default="reference", help="training config (default reference)")
     p.add_argument("--train-steps", type=int, default=None, help="timed training steps (default 3)")
     p.add_argument(
         "--slow-step-seconds",

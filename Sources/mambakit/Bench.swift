@@ -18,7 +18,10 @@ struct Bench: ParsableCommand {
     @Option(help: "Run only these measurements: train, generate, classify, parse (comma-separated; default train,generate).") var only: String?
     @Option(name: .customLong("classify-lengths"), help: "Classification: sequence lengths, paired with --classify-batches.") var classifyLengths: String = "1024,16384"
     @Option(name: .customLong("classify-batches"), help: "Classification: sequences per call, one per length.") var classifyBatches: String = "16,1"
-    @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m (comma-separated).") var genConfigs: String = "reference,mamba130m"
+    @Option(name: .customLong("train-config"), help: "Training config: reference (default) or audio.") var trainConfig: String = "reference"
+    @Option(name: .customLong("train-seq-len"), help: "Training sequence length (default 2048).") var trainSeqLen: Int?
+    @Option(name: .customLong("train-batch"), help: "Training batch (default 4).") var trainBatch: Int = 4
+    @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m, audio (comma-separated).") var genConfigs: String = "reference,mamba130m"
     @Option(name: .customLong("gen-batches"), help: "Generation batch sizes (comma-separated).") var genBatches: String = "1,16"
     @OptionGroup var common: CommonOptions
 
@@ -31,14 +34,17 @@ struct Bench: ParsableCommand {
             printErr(String(format: "memory bandwidth (read): %.2f GB/s", bw / 1e9))
 
             let reference = MambaConfig(vocabSize: 256, dModel: 256, layers: 4, dState: 16, dConv: 4, expand: 2)
+            let audio = LanguageModelTask.defaultAudioModel
             let m130 = MambaConfig(vocabSize: 256, dModel: 768, layers: 24, dState: 16, dConv: 4, expand: 2)
             let L = quick ? 256 : 2048
             let parts = Set((only ?? "train,generate").split(separator: ",").map(String.init))
             if parts.contains("train") {
-                results.append(try benchTrain(config: reference, name: "reference", B: 4, L: L, steps: quick ? 1 : trainSteps))
+                let (cfg, name) = trainConfig == "audio" ? (audio, "audio") : (reference, "reference")
+                results.append(try benchTrain(config: cfg, name: name, B: trainBatch, L: quick ? L : (trainSeqLen ?? L),
+                                              steps: quick ? 1 : trainSteps))
             }
             let n = quick ? 32 : genTokens
-            let configs = [(reference, "reference"), (m130, "mamba130m")].filter { genConfigs.split(separator: ",").contains(Substring($0.1)) }
+            let configs = [(reference, "reference"), (m130, "mamba130m"), (audio, "audio")].filter { genConfigs.split(separator: ",").contains(Substring($0.1)) }
             let batches = genBatches.split(separator: ",").compactMap { Int($0) }
             for (cfg, name) in parts.contains("generate") ? configs : [] {
                 for b in batches {
@@ -140,9 +146,11 @@ struct Bench: ParsableCommand {
         p.executableURL = URL(fileURLWithPath: python)
         var args = ["scripts/bench_torch.py", "--threads", String(threads)]
         if quick { args.append("--quick") } else {
-            args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens),
+            args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens), "--configs", genConfigs,
+                     "--gen-batches", genBatches, "--train-config", trainConfig, "--train-batch", String(trainBatch),
                      "--classify-lengths", classifyLengths, "--classify-batches", classifyBatches]
         }
+        if let trainSeqLen, !quick { args += ["--train-seq-len", String(trainSeqLen)] }
         let torchTasks = tasks.filter { ["train", "generate", "classify"].contains($0) }
         if !torchTasks.isEmpty { args += ["--tasks", torchTasks.joined(separator: ",")] }
         args += (torchArgs ?? "").split(separator: " ").map(String.init)

@@ -126,7 +126,8 @@ public enum ClassificationTask {
             throw MambaKitError(.usage, "--steps, --batch-size and --seq-len must be positive")
         }
         guard options.lr > 0, options.lr.isFinite else { throw MambaKitError(.usage, "--lr must be positive") }
-        let spec = modelSpec.merged(over: baseSpec)
+        var spec = modelSpec.merged(over: baseSpec)
+        if case .audio = tok { spec = spec.merged(over: LanguageModelTask.defaultAudioSpec) }
         var config = try spec.config(vocabSize: tok.vocabSize)
         if let p = pretrained { config = p.config; config.mambakit = [:] }
         annotate(&config, classes: trainSet.classes, s: settings)

@@ -50,6 +50,17 @@ public struct ModelSpec: Equatable, Sendable {
 }
 
 public enum LanguageModelTask {
+    /// The shape `train --format audio` uses when none is given: small enough to generate faster than real time
+    /// at 16 kHz on two cores (BENCHMARKS.md), 4 layers of width 64.
+    public static let defaultAudioModel = MambaConfig(vocabSize: 256, dModel: 64, layers: 4, dState: 16, dConv: 4, expand: 2)
+    /// Only the width and depth: other fields (dt_rank "auto") follow whatever width is finally chosen.
+    static var defaultAudioSpec: ModelSpec {
+        var s = ModelSpec()
+        s.dModel = defaultAudioModel.hiddenSize
+        s.layers = defaultAudioModel.numHiddenLayers
+        return s
+    }
+
     /// Loads training streams for `format`; returns the corpus and a fingerprint (paths and sizes). Bytes: one stream
     /// per file. FASTA/FASTQ: one stream per record, tokenized by `tokenizer`, so windows never run from one record
     /// into the next (next-base prediction within each sequence).
@@ -161,7 +172,8 @@ public enum LanguageModelTask {
         options.valFraction = valFraction ?? (resume ? baseOptions.valFraction : 0.05)
         // Audio: one second of sound per window unless told otherwise.
         if format == .audio && trainSpec.seqLen == nil && !resume { options.seqLen = audio.sampleRate }
-        let spec = modelSpec.merged(over: baseSpec)
+        var spec = modelSpec.merged(over: baseSpec)
+        if format == .audio { spec = spec.merged(over: defaultAudioSpec) }
         let (corpus, fp) = try corpus(format: format, paths: format == .audio ? expandPathsRecursively(data) : data,
                                       valFraction: options.valFraction, tokenizer: tokenizer, audio: audio)
         var config: MambaConfig
