@@ -4,6 +4,8 @@ import Testing
 
 /// Executes the notebooks in notebooks/ with Jupyter's nbconvert, as CI does, against the release build of the CLI.
 /// Jupyter, the Python kernel, matplotlib and numpy come from scripts/install-deps.sh; without them the test fails.
+/// One notebook at a time: each trains models on all cores.
+@Suite(.serialized)
 struct NotebookTests {
     static let installHint = "run scripts/install-deps.sh (it installs jupyter-nbconvert, python3-ipykernel, python3-matplotlib, python3-numpy)"
 
@@ -41,14 +43,20 @@ struct NotebookTests {
         return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errBox.data, as: UTF8.self))
     }
 
-    @Test func dnaClassificationNotebookExecutes() throws {
-        guard let jupyter = Self.which("jupyter") else {
-            Issue.record("jupyter is not on PATH: \(Self.installHint)")
+    /// Executes `notebook` (relative to the repository root) with nbconvert into a temporary directory, with
+    /// $MAMBAKIT_RUNS_DIR pointing at a temporary runs directory, and checks that no cell raised, that at least
+    /// `minImages` figures came out, that the last cell printed "all checks passed", that every path of `runFiles`
+    /// (relative to the runs directory) exists, and that the repository's own runs/<name> of `runNames` were left
+    /// alone.
+    /// Fails (does not skip) when Jupyter or the release CLI is missing.
+    static func executeNotebook(_ notebook: String, runNames: [String], minImages: Int, runFiles: [String]) throws {
+        guard let jupyter = which("jupyter") else {
+            Issue.record("jupyter is not on PATH: \(installHint)")
             return
         }
-        let version = try Self.run(jupyter, ["nbconvert", "--version"], timeout: 120)
+        let version = try run(jupyter, ["nbconvert", "--version"], timeout: 120)
         guard version.status == 0 else {
-            Issue.record("`jupyter nbconvert --version` failed (status \(version.status)): \(Self.installHint)\n\(version.stderr)")
+            Issue.record("`jupyter nbconvert --version` failed (status \(version.status)): \(installHint)\n\(version.stderr)")
             return
         }
         guard FileManager.default.isExecutableFile(atPath: CLI.binary) else {
@@ -56,18 +64,22 @@ struct NotebookTests {
             return
         }
 
-        // The notebook writes its run under $MAMBAKIT_RUNS_DIR; the repository's runs/ is left alone.
+        // The notebook writes its runs under $MAMBAKIT_RUNS_DIR; the repository's runs/ is left alone.
         let tmp = TempDir()
         let runs = tmp.file("runs")
-        let repoSummary = CLI.root + "/runs/dna-notebook/summary.json"
-        let repoSummaryDate = try? FileManager.default.attributesOfItem(atPath: repoSummary)[.modificationDate] as? Date
-        let r = try Self.run(
+        func repoSummaryDates() -> [Date?] {
+            runNames.map {
+                try? FileManager.default.attributesOfItem(atPath: CLI.root + "/runs/" + $0 + "/summary.json")[.modificationDate] as? Date
+            }
+        }
+        let before = repoSummaryDates()
+        let r = try run(
             jupyter,
             ["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=1800",
-             "--output-dir", tmp.path, "--output", "executed", "notebooks/dna-classification.ipynb"],
+             "--output-dir", tmp.path, "--output", "executed", notebook],
             environment: ["MAMBAKIT_RUNS_DIR": runs, "PYDEVD_DISABLE_FILE_VALIDATION": "1"],
             timeout: 2400)
-        #expect(r.status == 0, "nbconvert failed (status \(r.status)); if the kernel or a Python module is missing, \(Self.installHint):\n\(r.stderr.suffix(6000))")
+        #expect(r.status == 0, "nbconvert failed (status \(r.status)); if the kernel or a Python module is missing, \(installHint):\n\(r.stderr.suffix(6000))")
         guard r.status == 0 else { return }
 
         let executed = try Data(contentsOf: URL(fileURLWithPath: tmp.file("executed.ipynb")))
@@ -87,11 +99,24 @@ struct NotebookTests {
             }
         }
         #expect(errors.isEmpty, "error outputs: \(errors)")
-        // Learning curves, confusion matrix, and one explanation figure per explained fragment.
-        #expect(images >= 4, "expected at least 4 figures, found \(images)")
+        #expect(images >= minImages, "expected at least \(minImages) figures, found \(images)")
         #expect(text.contains("all checks passed"), "the notebook's last cell did not run to the end")
-        #expect(FileManager.default.fileExists(atPath: runs + "/dna-notebook/L256/eval.json"))
-        let after = try? FileManager.default.attributesOfItem(atPath: repoSummary)[.modificationDate] as? Date
-        #expect(after == repoSummaryDate, "the notebook wrote into the repository's runs/")
+        for f in runFiles {
+            #expect(FileManager.default.fileExists(atPath: runs + "/" + f), "missing \(f) in the runs directory")
+        }
+        #expect(repoSummaryDates() == before, "the notebook wrote into the repository's runs/")
+    }
+
+    @Test func dnaClassificationNotebookExecutes() throws {
+        // Learning curves, confusion matrix, and one explanation figure per explained fragment.
+        try Self.executeNotebook("notebooks/dna-classification.ipynb", runNames: ["dna-notebook"], minImages: 4,
+                                 runFiles: ["dna-notebook/L256/eval.json"])
+    }
+
+    @Test func audioNotebookExecutes() throws {
+        // Waveforms and spectrograms, learning curves, confusion matrix.
+        try Self.executeNotebook("notebooks/audio.ipynb", runNames: ["audio-notebook-lm", "audio-notebook-classify"], minImages: 3,
+                                 runFiles: ["audio-notebook-lm/generated.wav", "audio-notebook-lm/continuation.wav",
+                                            "audio-notebook-lm/eval.json", "audio-notebook-classify/eval.json"])
     }
 }
