@@ -65,20 +65,6 @@ private func flacHeader(totalSamples: Int, sampleRate: Int = 16000, channels: In
     return Array("fLaC".utf8) + [0x80, 0, 0, 34] + info       // last metadata block, type 0, 34 bytes
 }
 
-/// The MambaKitError `body` throws (recording an issue when it throws nothing or something else).
-private func audioError(sourceLocation: SourceLocation = #_sourceLocation,
-                        _ body: () throws -> Void) -> MambaKitError? {
-    do {
-        try body()
-        Issue.record("expected an error", sourceLocation: sourceLocation)
-    } catch let e as MambaKitError {
-        return e
-    } catch {
-        Issue.record("unexpected error type: \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
-}
-
 /// a · sin(2π f t + φ) sampled at `rate` for `count` samples, computed in Double.
 private func sine(_ f: Double, rate: Int, count: Int, amplitude: Double = 0.5, phase: Double = 0) -> [Float] {
     (0..<count).map { Float(amplitude * sin(2 * Double.pi * f * Double($0) / Double(rate) + phase)) }
@@ -174,11 +160,11 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         let dir = TempDir()
         let path = dir.file("nan.wav")
         try AudioFile.writeWAV([0.5], sampleRate: 8000, to: path)
-        let e = audioError { try AudioFile.writeWAV([0, 0, .nan], sampleRate: 8000, to: path) }
+        let e = caught { try AudioFile.writeWAV([0, 0, .nan], sampleRate: 8000, to: path) }
         #expect(e?.kind == .numeric)
         #expect(e?.location == "\(path), sample 2")
         #expect(try AudioFile.readMono(path, sampleRate: 8000) == [0.5])
-        #expect(audioError { try AudioFile.writeWAV([0], sampleRate: 0, to: path) }?.kind == .usage)
+        #expect(caught { try AudioFile.writeWAV([0], sampleRate: 0, to: path) }?.kind == .usage)
     }
 
     @Test func emptySignalRoundTrips() throws {
@@ -305,8 +291,8 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         #expect(try Resampler.resample([0.1], from: 16000, to: 8000).count == 1)
         #expect(try Resampler.resample([0.1, 0.2, 0.3], from: 16000, to: 8000).count == 2)
         #expect(try Resampler.resample([0.25, -0.5], from: 16000, to: 16000) == [0.25, -0.5])
-        #expect(audioError { _ = try Resampler.resample([0], from: 0, to: 16000) }?.kind == .usage)
-        #expect(audioError { _ = try Resampler.resample([0], from: 16000, to: -1) }?.kind == .usage)
+        #expect(caught { _ = try Resampler.resample([0], from: 0, to: 16000) }?.kind == .usage)
+        #expect(caught { _ = try Resampler.resample([0], from: 16000, to: -1) }?.kind == .usage)
     }
 
     @Test func streamingResamplerEqualsOneShot() throws {
@@ -323,7 +309,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
             }
             y += try stream.flush()
             #expect(y == (try Resampler.resample(x, from: from, to: to)), "\(from) → \(to) Hz")
-            #expect(audioError { _ = try stream.process([0]) }?.kind == .usage)
+            #expect(caught { _ = try stream.process([0]) }?.kind == .usage)
         }
     }
 
@@ -344,7 +330,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
             #expect(blocks.dropLast().allSatisfy { $0.count == blockFrames })
             #expect(blocks.last.map { !$0.isEmpty && $0.count <= blockFrames } == true)
         }
-        #expect(audioError { try AudioFile.forEachBlock(path, sampleRate: to, blockFrames: 0) { _ in } }?.kind
+        #expect(caught { try AudioFile.forEachBlock(path, sampleRate: to, blockFrames: 0) { _ in } }?.kind
                 == .usage)
     }
 
@@ -367,7 +353,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
 
     @Test func missingFileIsAnIOError() {
         let path = TempDir().file("nowhere.wav")
-        let e = audioError { _ = try AudioFile.readMono(path, sampleRate: 16000) }
+        let e = caught { _ = try AudioFile.readMono(path, sampleRate: 16000) }
         #expect(e?.kind == .io)
         #expect(e?.location == path)
         #expect(e?.message.contains("No such file or directory") == true)
@@ -378,10 +364,10 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         let path = dir.file("ok.wav")
         try AudioFile.writeWAV([0.1, 0.2], sampleRate: 8000, to: path)
         for rate in [0, -16000] {
-            let e = audioError { _ = try AudioFile.readMono(path, sampleRate: rate) }
+            let e = caught { _ = try AudioFile.readMono(path, sampleRate: rate) }
             #expect(e?.kind == .usage)
             #expect(e?.location == path)
-            #expect(audioError { try AudioFile.forEachBlock(path, sampleRate: rate) { _ in } }?.location == path)
+            #expect(caught { try AudioFile.forEachBlock(path, sampleRate: rate) { _ in } }?.location == path)
         }
     }
 
@@ -392,7 +378,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         try writeBytes(path, (0..<4096).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
         for read in [{ _ = try AudioFile.readMono(path, sampleRate: 16000) }, { _ = try AudioFile.info(path) },
                      { try AudioFile.forEachBlock(path, sampleRate: 16000) { _ in } }] {
-            let e = audioError(read)
+            let e = caught(read)
             #expect(e?.kind == .format)
             #expect(e?.location == path)
             #expect(e?.message.contains("Format not recognised") == true, "\(e?.description ?? "")")
@@ -404,7 +390,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         let path = dir.file("short-header.wav")
         let full = wavBytes(channels: 1, sampleRate: 8000, data: [UInt8](repeating: 1, count: 200))
         try writeBytes(path, Array(full.prefix(30)))   // cut inside the fmt chunk
-        let e = audioError { _ = try AudioFile.info(path) }
+        let e = caught { _ = try AudioFile.info(path) }
         #expect(e?.kind == .format)
         #expect(e?.location == path)
         #expect(e?.message.contains("libsndfile") == true, "\(e?.description ?? "")")
@@ -414,7 +400,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         let dir = TempDir()
         let zeroChannels = dir.file("zero-channels.wav")
         try writeBytes(zeroChannels, wavBytes(channels: 0, sampleRate: 8000, data: [1, 0, 2, 0]))
-        let e = audioError { _ = try AudioFile.readMono(zeroChannels, sampleRate: 8000) }
+        let e = caught { _ = try AudioFile.readMono(zeroChannels, sampleRate: 8000) }
         #expect(e?.kind == .format)
         #expect(e?.location == zeroChannels)
         // libsndfile 1.2 refuses it itself ("Channel count is zero."); AudioFile's own check is the backstop.
@@ -422,7 +408,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
 
         let zeroRate = dir.file("zero-rate.wav")
         try writeBytes(zeroRate, wavBytes(channels: 1, sampleRate: 0, data: [1, 0, 2, 0]))
-        let r = audioError { _ = try AudioFile.info(zeroRate) }
+        let r = caught { _ = try AudioFile.info(zeroRate) }
         #expect(r?.kind == .format)
         #expect(r?.location == zeroRate)
     }
@@ -446,11 +432,11 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         let dir = TempDir()
         let path = dir.file("huge.flac")
         try writeBytes(path, flacHeader(totalSamples: 1 << 35))
-        let e = audioError { _ = try AudioFile.readMono(path, sampleRate: 16000) }
+        let e = caught { _ = try AudioFile.readMono(path, sampleRate: 16000) }
         #expect(e?.kind == .format)
         #expect(e?.location == path)
         #expect(e?.message.contains("\(1 << 35) frames") == true, "\(e?.description ?? "")")
-        #expect(audioError { try AudioFile.forEachBlock(path, sampleRate: 16000) { _ in } }?.location == path)
+        #expect(caught { try AudioFile.forEachBlock(path, sampleRate: 16000) { _ in } }?.location == path)
     }
 
     @Test func fileEndingBeforeItsAnnouncedFramesIsAnError() throws {
@@ -459,7 +445,7 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         let empty = dir.file("announced.flac")
         try writeBytes(empty, flacHeader(totalSamples: 1000))
         #expect(try AudioFile.info(empty).frames == 1000)
-        let e = audioError { _ = try AudioFile.readMono(empty, sampleRate: 16000) }
+        let e = caught { _ = try AudioFile.readMono(empty, sampleRate: 16000) }
         #expect(e?.kind == .format)
         #expect(e?.location == "\(empty), frame 0")
         #expect(e?.message.contains("1000 frames") == true, "\(e?.description ?? "")")
@@ -472,19 +458,19 @@ private func strayFiles(_ dir: String, expected: Set<String>) -> [String] {
         let cut = dir.file("cut.flac")
         try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: cut))
         #expect(try AudioFile.info(cut).frames == 40_000)
-        let c = audioError { _ = try AudioFile.readMono(cut, sampleRate: 16000) }
+        let c = caught { _ = try AudioFile.readMono(cut, sampleRate: 16000) }
         #expect(c?.kind == .format)
         #expect(c?.location?.hasPrefix("\(cut), frame ") == true, "\(c?.description ?? "")")
         let frame = c?.location.flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
         #expect(frame > 0 && frame < 40_000)
-        #expect(audioError { try AudioFile.forEachBlock(cut, sampleRate: 8000) { _ in } }?.location == c?.location)
+        #expect(caught { try AudioFile.forEachBlock(cut, sampleRate: 8000) { _ in } }?.location == c?.location)
     }
 
     @Test func nonFiniteFloatSamplesAreRefused() throws {
         let dir = TempDir()
         let path = dir.file("nan.wav")
         writeFloats(path, [0, 0.5, 0.25, .nan, 0.1, 0.2], channels: 2, sampleRate: 8000)
-        let e = audioError { _ = try AudioFile.readMono(path, sampleRate: 8000) }
+        let e = caught { _ = try AudioFile.readMono(path, sampleRate: 8000) }
         #expect(e?.kind == .format)
         #expect(e?.location == "\(path), frame 1, channel 1")
     }

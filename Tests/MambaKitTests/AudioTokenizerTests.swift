@@ -42,19 +42,6 @@ private func uniform(_ rng: inout RNG, _ a: Float, _ b: Float) -> Float {
     a + (b - a) * Float(rng.int(below: 1 << 24)) / Float(1 << 24)
 }
 
-/// The error `body` throws (nil if none).
-private func thrown(_ body: () throws -> Void) -> MambaKitError? {
-    do {
-        try body()
-        return nil
-    } catch let e as MambaKitError {
-        return e
-    } catch {
-        Issue.record("unexpected error type: \(error)")
-        return nil
-    }
-}
-
 @Suite struct AudioTokenizerTests {
     // MARK: Settings
 

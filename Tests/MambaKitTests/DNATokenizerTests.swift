@@ -5,19 +5,6 @@ import Testing
 private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
 
-/// The error `body` throws (nil if none).
-private func thrown(_ body: () throws -> Void) -> MambaKitError? {
-    do {
-        try body()
-        return nil
-    } catch let e as MambaKitError {
-        return e
-    } catch {
-        Issue.record("unexpected error type: \(error)")
-        return nil
-    }
-}
-
 /// IUPAC complement pairs, written out from FACTS.md (htslib / Biopython), independent of the implementation's table.
 private let complementOf: [Character: Character] = [
     "A": "T", "T": "A", "C": "G", "G": "C", "R": "Y", "Y": "R", "K": "M", "M": "K", "B": "V", "V": "B",

@@ -17,19 +17,6 @@ private func readAll(_ path: String) throws -> [SequenceRecord] {
     try SequenceReader(path: path).readAll()
 }
 
-/// The error `body` throws (nil and a recorded issue when it throws none or another type).
-private func caught(_ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) -> MambaKitError? {
-    do {
-        try body()
-        Issue.record("expected an error", sourceLocation: sourceLocation)
-    } catch let e as MambaKitError {
-        return e
-    } catch {
-        Issue.record("unexpected error type: \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
-}
-
 /// The 28-byte empty block that ends a BGZF file.
 private let bgzfEOF: [UInt8] = [0x1F, 0x8B, 0x08, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0x06, 0x00, 0x42, 0x43,
                                 0x02, 0x00, 0x1B, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]

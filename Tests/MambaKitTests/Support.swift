@@ -137,3 +137,29 @@ func randomFastq(_ rng: inout RNG, records: Int, maxLength: Int, crlf: Bool) -> 
     }
     return (text, expected)
 }
+
+/// The MambaKitError `body` throws, or nil when it throws none (another error type is recorded as an issue).
+func thrown(_ body: () throws -> Void) -> MambaKitError? {
+    do {
+        try body()
+        return nil
+    } catch let e as MambaKitError {
+        return e
+    } catch {
+        Issue.record("unexpected error type: \(error)")
+        return nil
+    }
+}
+
+/// The MambaKitError `body` must throw: nil and a recorded issue when it throws none or another type.
+func caught(sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> MambaKitError? {
+    do {
+        try body()
+        Issue.record("expected an error", sourceLocation: sourceLocation)
+    } catch let e as MambaKitError {
+        return e
+    } catch {
+        Issue.record("unexpected error type: \(error)", sourceLocation: sourceLocation)
+    }
+    return nil
+}
