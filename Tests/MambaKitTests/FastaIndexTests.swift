@@ -61,17 +61,6 @@ private func bgzf(_ data: [UInt8], blockSize: Int = 65280) throws -> (file: [UIn
     return (file + bgzfEOF, starts)
 }
 
-private let faidxExample = """
->one
-ATGCATGCATGCATGCATGCATGCATGCAT
-GCATGCATGCATGCATGCATGCATGCATGC
-ATGCAT
->two another chromosome
-ATGCATGCATGCAT
-GCATGCATGCATGC
-
-"""
-
 @Suite("FastaIndex")
 struct FastaIndexTests {
     @Test(arguments: [("\n", "one\t66\t5\t30\t31\ntwo\t28\t98\t14\t15\n"),

@@ -57,17 +57,6 @@ private struct SeqSplitMix: RandomNumberGenerator {
     }
 }
 
-private let faidxExample = """
->one
-ATGCATGCATGCATGCATGCATGCATGCAT
-GCATGCATGCATGCATGCATGCATGCATGC
-ATGCAT
->two another chromosome
-ATGCATGCATGCAT
-GCATGCATGCATGC
-
-"""
-
 private let fastqExample = "@r1 first read\nACGTN\n+\n@@II#\n@r2\nacg\n+r2\n@AB\n"
 
 @Suite("SequenceReader")

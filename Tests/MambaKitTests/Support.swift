@@ -163,3 +163,15 @@ func caught(sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws
     }
     return nil
 }
+
+/// The example of samtools' faidx(5) manual page: `one` (30 + 30 + 6 bases) and `two` (14 + 14), LF line ends.
+let faidxExample = """
+>one
+ATGCATGCATGCATGCATGCATGCATGCAT
+GCATGCATGCATGCATGCATGCATGCATGC
+ATGCAT
+>two another chromosome
+ATGCATGCATGCAT
+GCATGCATGCATGC
+
+"""
