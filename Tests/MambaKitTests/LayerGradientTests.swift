@@ -406,6 +406,40 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
 
     // MARK: Reference vs fast
 
+    struct MatVecShape: Sendable, CustomTestStringConvertible {
+        let B, I, O, padI, padO: Int
+        var testDescription: String { "B\(B) I\(I) O\(O) pad\(padI),\(padO)" }
+    }
+
+    /// The step's matrix × few vectors: full and part 16-lane chunks (I = 3, 33, 256), full and part row quads
+    /// (O = 1, 6, 1027), strided rows, and one call big enough to be split over threads (I·B·O ≈ 1.1 M).
+    @Test(arguments: [MatVecShape(B: 1, I: 3, O: 1, padI: 0, padO: 0), MatVecShape(B: 1, I: 256, O: 6, padI: 0, padO: 0),
+                      MatVecShape(B: 3, I: 33, O: 17, padI: 5, padO: 2), MatVecShape(B: 5, I: 16, O: 8, padI: 16, padO: 3),
+                      MatVecShape(B: 3, I: 300, O: 1027, padI: 1, padO: 1)])
+    func matVecAgainstReference(shape: MatVecShape) {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
+        let (B, I, O) = (shape.B, shape.I, shape.O)
+        let (ldx, ldo) = (I + shape.padI, O + shape.padO)
+        let x = buf(randomFloats(B * ldx, seed: 91)), weight = buf(randomFloats(O * I, seed: 92))
+        let bias = buf(randomFloats(O, seed: 93))
+        let absX = buf(x.array.map(abs)), absW = buf(weight.array.map(abs)), absB = buf(bias.array.map(abs))
+        for withBias in [false, true] {
+            let fast = buf(randomFloats(B * ldo, seed: 94)), ref = buf(fast.array)
+            MatVec.forward(out: fast.ptr, ldo: ldo, x: x.ptr, ldx: ldx, weight: weight.ptr,
+                           bias: withBias ? bias.ptr : nil, B: B, I: I, O: O)
+            MatVec.reference(out: ref.ptr, ldo: ldo, x: x.ptr, ldx: ldx, weight: weight.ptr,
+                             bias: withBias ? bias.ptr : nil, B: B, I: I, O: O)
+            let mag = buf(count: B * ldo)
+            MatVec.reference(out: mag.ptr, ldo: ldo, x: absX.ptr, ldx: ldx, weight: absW.ptr,
+                             bias: withBias ? absB.ptr : nil, B: B, I: I, O: O)
+            let outIdx = blockIndices(rows: B, cols: O, ld: ldo)
+            expectWithinRounding("\(shape) bias=\(withBias)", outIdx.map { fast[$0] }, outIdx.map { ref[$0] },
+                                 magnitude: outIdx.map { mag[$0] }, terms: I + 1)
+            expectUntouched("\(shape) padding", fast.array, ref.array, inside: outIdx)
+        }
+    }
+
     struct LinearShape: Sendable, CustomTestStringConvertible {
         let M, I, O, padI, padO: Int
         var testDescription: String { "M\(M) I\(I) O\(O) pad\(padI),\(padO)" }

@@ -12,6 +12,8 @@ enum TinyModel: String, Sendable {
     case wide
     /// K = 1: no conv state to carry.
     case pointConv
+    /// ED = 24 (one full 16-channel block and a part block), N = 5, R = 2, biases: the step's tails.
+    case ragged
 
     var config: MambaConfig {
         switch self {
@@ -22,6 +24,9 @@ enum TinyModel: String, Sendable {
                                useBias: true, tie: false)
         case .pointConv:
             return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 4, dConv: 1, expand: 2)
+        case .ragged:
+            return MambaConfig(vocabSize: 30, dModel: 12, layers: 2, dState: 5, dConv: 4, expand: 2, dtRank: 2,
+                               useBias: true, tie: true)
         case .wide:
             return MambaConfig(vocabSize: 32, dModel: 16, layers: 2, dState: 16, dConv: 4, expand: 3, useBias: true,
                                tie: false)
@@ -134,7 +139,7 @@ extension MambaModel {
         }
     }
 
-    @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv])
+    @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv, .ragged])
     func recurrentStepMatchesForward(tiny: TinyModel) throws {
         let model = try tiny.make()
         let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
@@ -144,7 +149,8 @@ extension MambaModel {
         let scale = largestMagnitude(full)
         // Training and inference workspaces run the same operations: within rounding (bit-identical in practice).
         expectClose("\(tiny) inference vs training workspace", inference, full, atol: 1e-6 * scale, rtol: 1e-6)
-        // As generation runs it: one frozen workspace (A computed on the first step only), batch rows side by side.
+        // `forward` one token at a time from a carried state: one frozen workspace (A computed on the first step
+        // only), batch rows side by side.
         let ws = Workspace(config: model.config, B: B, L: 1, training: false)
         ws.parametersFrozen = true
         let state = RecurrentState(config: model.config, batch: B)
@@ -156,8 +162,8 @@ extension MambaModel {
         }
         // Same maths, sgemm over 2 rows instead of 74 and the state carried through memory: at most rounding
         // (~1e-7 relative through two layers; bit-identical on this toolchain and OpenBLAS).
-        expectClose("\(tiny) step vs forward", stepped, full, atol: 1e-5 * scale, rtol: 1e-5)
-        // Batch 1 (single-row products): the second sequence alone.
+        expectClose("\(tiny) chunks of 1 vs forward", stepped, full, atol: 1e-5 * scale, rtol: 1e-5)
+        // Batch 1 (single-row products, MatVec): the second sequence alone.
         let ws1 = Workspace(config: model.config, B: 1, L: 1, training: false)
         let state1 = RecurrentState(config: model.config, batch: 1)
         var single = [Float](repeating: 0, count: L * V)
@@ -165,8 +171,46 @@ extension MambaModel {
             [ids[L + t]].withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws1, state: state1) }
             for v in 0..<V { single[t * V + v] = ws1.logits[v] }
         }
-        // Matrix-vector products instead of sgemm: rounding only (measured ≤ 3e-7 of the largest logit).
-        expectClose("\(tiny) batch-1 step vs forward", single, Array(full[(L * V)...]), atol: 1e-5 * scale, rtol: 1e-5)
+        expectClose("\(tiny) chunks of 1, batch 1, vs forward", single, Array(full[(L * V)...]), atol: 1e-5 * scale,
+                    rtol: 1e-5)
+        // Generation's fused step (`RecurrentStepper`, through `Generator`), at batch B and at batch 1 (the second
+        // sequence alone). Its projections sum in another order than sgemm (MatVec), and dt_proj is summed
+        // channel-wise: rounding only, ~1e-7 relative to the largest logit per layer.
+        for batch in [B, 1] {
+            let gen = Generator(model: model, batch: batch)
+            let rows = batch == B ? Array(0..<B) : [1]
+            var got = [Float](), want = [Float]()
+            for t in 0..<L {
+                let logits = gen.step(rows.map { ids[$0 * L + t] })
+                for (i, b) in rows.enumerated() {
+                    got += logits[(i * V)..<((i + 1) * V)]
+                    want += full[((b * L + t) * V)..<((b * L + t + 1) * V)]
+                }
+            }
+            expectClose("\(tiny) fused step, batch \(batch), vs forward", got, want, atol: 1e-5 * scale, rtol: 1e-5)
+        }
+        // Its thread team splits output rows and channel blocks statically: two threads give the bits of one.
+        let (one, two) = (RecurrentStepper(model: model, batch: B, threads: 1),
+                          RecurrentStepper(model: model, batch: B, threads: 2))
+        let (stateOne, stateTwo) = (RecurrentState(config: model.config, batch: B),
+                                    RecurrentState(config: model.config, batch: B))
+        var sameBits = true
+        for t in 0..<L {
+            (0..<B).map { ids[$0 * L + t] }.withUnsafeBufferPointer {
+                one.step(ids: $0.baseAddress!, state: stateOne)
+                two.step(ids: $0.baseAddress!, state: stateTwo)
+            }
+            sameBits = sameBits && one.logits.array == two.logits.array
+        }
+        #expect(sameBits, "\(tiny): the stepper's logits depend on its thread count")
+        // The stepper leaves the same state as forward: prefill from it and the two paths continue alike.
+        let gen = Generator(model: model, batch: B)
+        for t in 0..<L { _ = gen.step((0..<B).map { ids[$0 * L + t] }) }
+        for l in 0..<model.config.numHiddenLayers {
+            expectClose("\(tiny) layer \(l) conv state", gen.state.conv[l].array, state.conv[l].array, atol: 1e-6 * scale)
+            expectClose("\(tiny) layer \(l) SSM state", gen.state.ssm[l].array, state.ssm[l].array, atol: 1e-5 * scale,
+                        rtol: 1e-5)
+        }
     }
 
     @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv])

@@ -5,14 +5,14 @@ public final class Generator {
     public let model: MambaModel
     public let batch: Int
     public let state: RecurrentState
-    let stepWS: Workspace
+    let stepper: RecurrentStepper
 
+    /// Snapshots what the step reads transposed (see `RecurrentStepper`): make a new generator after training on.
     public init(model: MambaModel, batch: Int = 1) {
         self.model = model
         self.batch = batch
         state = RecurrentState(config: model.config, batch: batch)
-        stepWS = Workspace(config: model.config, B: batch, L: 1, training: false)
-        stepWS.parametersFrozen = true
+        stepper = RecurrentStepper(model: model, batch: batch)
     }
 
     /// Runs the prompts (`batch` rows of equal length) from zero state; returns the logits `(batch, V)` of the
@@ -36,8 +36,9 @@ public final class Generator {
     /// Feeds one token per sequence; returns the next logits `(batch, V)` (a view valid until the next call).
     public func step(_ tokens: [Int32]) -> UnsafeBufferPointer<Float> {
         precondition(tokens.count == batch)
-        tokens.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: stepWS, state: state) }
-        return UnsafeBufferPointer(start: stepWS.logits.ptr, count: batch * model.config.vocabSize)
+        let V = model.config.vocabSize
+        tokens.withUnsafeBufferPointer { stepper.step(ids: $0.baseAddress!, state: state) }
+        return UnsafeBufferPointer(start: stepper.logits.ptr, count: batch * V)
     }
 
     /// Generates `count` tokens after `prompt` (batch 1), calling `emit` with each as soon as it is drawn

@@ -14,17 +14,17 @@ public enum Linear {
         M: Int, I: Int, O: Int
     ) {
         guard M > 0, O > 0 else { return }
+        if M == 1 {
+            // One row (a step at batch 1, the last position of a prefill): W is read once, and MatVec does that
+            // without sgemv's thread hand-offs, which cost more than a small product.
+            MatVec.forward(out: out, ldo: ldo, x: inp, ldx: ldi, weight: weight, bias: bias, B: 1, I: I, O: O)
+            return
+        }
         if let bias {
             for m in 0..<M { (out + m * ldo).update(from: bias, count: O) }
         }
         if I == 0 {
             if bias == nil { for m in 0..<M { (out + m * ldo).update(repeating: 0, count: O) } }
-            return
-        }
-        if M == 1 {
-            // One row (a generation step at batch 1): matrix-vector, which streams W once at memory bandwidth.
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(O), Int32(I), 1, weight, Int32(I), inp, 1,
-                        bias == nil ? 0 : 1, out, 1)
             return
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(O), Int32(I),

@@ -1,0 +1,100 @@
+/// Matrix times a few vectors, `out[b, o] = Σ_i W[o, i] · x[b, i] (+ bias[o])` for b < B with B small: the
+/// projections of a generation step (`Linear.forward` with M = B rows), where the work is reading W once.
+///
+/// W stays in PyTorch's `[O, I]` layout (no repacked copy): four rows at a time are dotted with each of the B
+/// vectors, 16 lanes per FMA, so a block of four rows is read from memory once and from L1 for the other B − 1
+/// vectors. Four lane-wise partial sums are reduced together at the end (`reduce4`). The sum order differs from
+/// BLAS, so results agree with `Linear.forward` to rounding, not bit for bit. `reference` is the plain
+/// Double-accumulating twin the tests hold it to.
+public enum MatVec {
+    /// out `(B, O)` (rows of stride `ldo`) = x `(B, I)` (rows of stride `ldx`) · weightᵀ + bias.
+    /// Threads over row blocks when one call is worth it (≥ ~½ M multiply-adds per thread).
+    public static func forward(out: UnsafeMutablePointer<Float>, ldo: Int, x: UnsafePointer<Float>, ldx: Int,
+                               weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, B: Int, I: Int, O: Int) {
+        guard B > 0, O > 0 else { return }
+        let quads = (O + 3) / 4
+        let grain = max(1, (1 << 19) / max(1, 4 * I * B))
+        Parallel.forRanges(quads, grain: grain) { _, lo, hi in
+            rows(out: out, ldo: ldo, x: x, ldx: ldx, weight: weight, bias: bias, B: B, I: I,
+                 from: lo * 4, to: min(O, hi * 4))
+        }
+    }
+
+    /// Rows `o0..<o1` of `forward`, on the calling thread.
+    @inline(__always)
+    static func rows(out: UnsafeMutablePointer<Float>, ldo: Int, x: UnsafePointer<Float>, ldx: Int,
+                     weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, B: Int, I: Int, from o0: Int, to o1: Int) {
+        let full = I & ~15, tail = I - full
+        var o = o0
+        while o + 4 <= o1 {
+            let w0 = weight + o * I, w1 = w0 + I, w2 = w1 + I, w3 = w2 + I
+            for b in 0..<B {
+                let xb = x + b * ldx
+                var a0 = F16x(), a1 = F16x(), a2 = F16x(), a3 = F16x()
+                var i = 0
+                while i < full {
+                    let xv = load16(xb + i)
+                    a0 = a0.addingProduct(load16(w0 + i), xv)
+                    a1 = a1.addingProduct(load16(w1 + i), xv)
+                    a2 = a2.addingProduct(load16(w2 + i), xv)
+                    a3 = a3.addingProduct(load16(w3 + i), xv)
+                    i += 16
+                }
+                if tail > 0 {
+                    let xv = loadF16x(xb + i, tail)
+                    a0 = a0.addingProduct(loadF16x(w0 + i, tail), xv)
+                    a1 = a1.addingProduct(loadF16x(w1 + i, tail), xv)
+                    a2 = a2.addingProduct(loadF16x(w2 + i, tail), xv)
+                    a3 = a3.addingProduct(loadF16x(w3 + i, tail), xv)
+                }
+                var s = reduce4(a0, a1, a2, a3)
+                if let bias { s += UnsafeRawPointer(bias + o).loadUnaligned(as: SIMD4<Float>.self) }
+                UnsafeMutableRawPointer(out + b * ldo + o).storeBytes(of: s, as: SIMD4<Float>.self)
+            }
+            o += 4
+        }
+        while o < o1 {
+            let w0 = weight + o * I
+            for b in 0..<B {
+                let xb = x + b * ldx
+                var a0 = F16x()
+                var i = 0
+                while i < full { a0 = a0.addingProduct(load16(w0 + i), load16(xb + i)); i += 16 }
+                if tail > 0 { a0 = a0.addingProduct(loadF16x(w0 + i, tail), loadF16x(xb + i, tail)) }
+                let h = a0.lowHalf + a0.highHalf
+                let q = h.lowHalf + h.highHalf
+                let p = q.lowHalf + q.highHalf
+                out[b * ldo + o] = p[0] + p[1] + (bias?[o] ?? 0)
+            }
+            o += 1
+        }
+    }
+
+    /// The plain twin: Double accumulation, one output at a time.
+    public static func reference(out: UnsafeMutablePointer<Float>, ldo: Int, x: UnsafePointer<Float>, ldx: Int,
+                                 weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, B: Int, I: Int, O: Int) {
+        for b in 0..<B {
+            for o in 0..<O {
+                var s = Double(bias?[o] ?? 0)
+                for i in 0..<I { s += Double(weight[o * I + i]) * Double(x[b * ldx + i]) }
+                out[b * ldo + o] = Float(s)
+            }
+        }
+    }
+
+    @inline(__always)
+    static func load16(_ p: UnsafePointer<Float>) -> F16x { UnsafeRawPointer(p).loadUnaligned(as: F16x.self) }
+
+    /// The lane sums of four vectors, `[Σa, Σb, Σc, Σd]`: halving adds and even/odd pair adds, which lower to
+    /// a few shuffles instead of a scalar add per lane.
+    @inline(__always)
+    static func reduce4(_ a: F16x, _ b: F16x, _ c: F16x, _ d: F16x) -> SIMD4<Float> {
+        @inline(__always) func pairs(_ v: SIMD8<Float>) -> SIMD4<Float> { v.evenHalf + v.oddHalf }
+        let a8 = a.lowHalf + a.highHalf, b8 = b.lowHalf + b.highHalf
+        let c8 = c.lowHalf + c.highHalf, d8 = d.lowHalf + d.highHalf
+        let ab = SIMD8(lowHalf: pairs(a8), highHalf: pairs(b8))  // [a a a a b b b b] partial sums
+        let cd = SIMD8(lowHalf: pairs(c8), highHalf: pairs(d8))
+        let abcd = SIMD8(lowHalf: pairs(ab), highHalf: pairs(cd))  // [a a b b c c d d]
+        return pairs(abcd)
+    }
+}
