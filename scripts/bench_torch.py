@@ -394,8 +394,9 @@ class Impl:
             out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
             return out.cache, out.logits[:, -1]
         c = self.model.config
+        dtype = next(self.model.parameters()).dtype
         caches = [
-            (None, torch.zeros(prompt.shape[0], c.d_inner, c.d_conv - 1)) for _ in range(c.n_layers)
+            (None, torch.zeros(prompt.shape[0], c.d_inner, c.d_conv - 1, dtype=dtype)) for _ in range(c.n_layers)
         ]
         logits = None
         for t in range(prompt.shape[1]):
@@ -575,6 +576,10 @@ def job_generate(job):
     cfg = CONFIGS[job["config"]]
     impl = Impl(job["impl"], cfg)
     impl.model.eval()
+    dtype = job.get("dtype", "float32")
+    impl.model.to(getattr(torch, dtype))
+    # mambapy's step makes its first SSM state with the default dtype
+    torch.set_default_dtype(getattr(torch, dtype))
     B, P, N = job["batch"], job["prompt_len"], job["gen_tokens"]
     if N < 2:
         raise ValueError("--gen-tokens must be at least 2")
@@ -626,7 +631,7 @@ def job_generate(job):
         "rss_baseline_mb": baseline,
         "notes": (
             f"{impl.notes}; {how}; {pre}; seconds = decode time excluding prefill (which yields the first new "
-            f"token); tokens/s = batch*(gen_tokens-1)/seconds; torch.inference_mode; float32"
+            f"token); tokens/s = batch*(gen_tokens-1)/seconds; torch.inference_mode; {dtype} (model.to({dtype}))"
         ),
     }
 
@@ -981,23 +986,29 @@ def plan(args):
     # the sequential transformers path can take very long: run it last
     jobs.extend(j for j in train_jobs if j["impl"] != "transformers")
     if "generate" in tasks:
+        dtypes = args.gen_dtypes.split(",")
+        for d in dtypes:
+            if d not in ("float32", "bfloat16", "float16"):
+                raise SystemExit(f"unknown --gen-dtypes entry {d!r}; choose from float32, bfloat16, float16")
         for cfg in configs:
-            for b in [int(x) for x in args.gen_batches.split(",")]:
-                for impl in GEN_IMPLS:
-                    if impls and impl not in impls:
-                        continue
-                    jobs.append(
-                        dict(
-                            base,
-                            task="generate",
-                            impl=impl,
-                            config=cfg,
-                            batch=b,
-                            seq_len=args.prompt_len + args.gen_tokens,
-                            prompt_len=args.prompt_len,
-                            gen_tokens=args.gen_tokens,
+            for dtype in dtypes:
+                for b in [int(x) for x in args.gen_batches.split(",")]:
+                    for impl in GEN_IMPLS:
+                        if impls and impl not in impls:
+                            continue
+                        jobs.append(
+                            dict(
+                                base,
+                                task="generate",
+                                impl=impl,
+                                config=cfg,
+                                batch=b,
+                                seq_len=args.prompt_len + args.gen_tokens,
+                                prompt_len=args.prompt_len,
+                                gen_tokens=args.gen_tokens,
+                                dtype=dtype,
+                            )
                         )
-                    )
     if "classify" in tasks:
         for L, b in classify_workloads(args):
             for impl in TRAIN_IMPLS:
@@ -1018,7 +1029,9 @@ def plan(args):
                 )
     jobs.extend(j for j in train_jobs if j["impl"] == "transformers")
     for j in jobs:
-        j["label"] = f"{j['task']} {j['impl']} {j['config']} B={j['batch']} L={j['seq_len']}"
+        j["label"] = f"{j['task']} {j['impl']} {j['config']} B={j['batch']} L={j['seq_len']}" + (
+            f" {j['dtype']}" if j.get("dtype", "float32") != "float32" else ""
+        )
     return jobs
 
 
@@ -1031,6 +1044,8 @@ def load_average():
 
 def make_entry(job, res):
     entry = {k: job.get(k) for k in ("impl", "task", "config", "batch", "seq_len", "threads")}
+    if job["task"] == "generate":
+        entry["dtype"] = job.get("dtype", "float32")
     if job["task"] == "classify":
         entry["sequences_per_s"] = rnd(res.get("sequences_per_s"), 4)
     entry["tokens_per_s"] = rnd(res.get("tokens_per_s"), 2)
@@ -1095,6 +1110,11 @@ def main(argv=None):
     p.add_argument("--gen-tokens", type=int, default=None, help="new tokens per sequence (default 256)")
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--gen-batches", default="1,16")
+    p.add_argument(
+        "--gen-dtypes",
+        default="float32",
+        help="generation: model dtypes, comma-separated (float32, bfloat16, float16; default float32)",
+    )
     p.add_argument("--configs", default="reference,mamba130m", help="generation configs")
     p.add_argument(
         "--tasks",
@@ -1191,7 +1211,7 @@ def main(argv=None):
             "classify_classes": CLASSIFY_CLASSES,
             "classify_config": "reference",
             "configs": {k: CONFIGS[k] for k in CONFIGS},
-            "dtype": "float32",
+            "dtype": "float32 (generation: --gen-dtypes " + args.gen_dtypes + ")",
             "isolation": "one fresh process per entry; peak_rss_mb = VmHWM of that process",
         },
     }

@@ -23,6 +23,8 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("train-batch"), help: "Training batch (default 4).") var trainBatch: Int = 4
     @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m, audio (comma-separated).") var genConfigs: String = "reference,mamba130m"
     @Option(name: .customLong("gen-batches"), help: "Generation batch sizes (comma-separated).") var genBatches: String = "1,16"
+    @Option(name: .customLong("gen-weights"), help: "Generation: step weights f32, bf16 (comma-separated; PyTorch runs float32 and, for bf16, bfloat16).")
+    var genWeights: String = "f32"
     @OptionGroup var common: CommonOptions
 
     func run() throws {
@@ -46,15 +48,24 @@ struct Bench: ParsableCommand {
             let n = quick ? 32 : genTokens
             let configs = [(reference, "reference"), (m130, "mamba130m"), (audio, "audio")].filter { genConfigs.split(separator: ",").contains(Substring($0.1)) }
             let batches = genBatches.split(separator: ",").compactMap { Int($0) }
+            let weightSets = try genWeights.split(separator: ",").map { w in
+                guard let s = StepWeights(rawValue: String(w)) else {
+                    throw MambaKitError(.usage, "--gen-weights: '\(w)' is not one of f32, bf16")
+                }
+                return s
+            }
             for (cfg, name) in parts.contains("generate") ? configs : [] {
-                for b in batches {
-                    var r = try benchGenerate(config: cfg, name: name, batch: b, tokens: n)
-                    if b == 1 {
-                        let bytesPerToken = Double(cfg.parameterCount * 4)
-                        r["bandwidth_bound_tokens_per_s"] = bw / bytesPerToken
-                        r["fraction_of_bandwidth_bound"] = (r["tokens_per_s"] as! Double) / (bw / bytesPerToken)
+                for weights in weightSets {
+                    for b in batches {
+                        var r = try benchGenerate(config: cfg, name: name, batch: b, tokens: n, weights: weights)
+                        if b == 1 {
+                            // Every parameter is read once per token; the projections in the chosen precision.
+                            let bytesPerToken = Double(r["weight_bytes_per_token"] as! Int)
+                            r["bandwidth_bound_tokens_per_s"] = bw / bytesPerToken
+                            r["fraction_of_bandwidth_bound"] = (r["tokens_per_s"] as! Double) / (bw / bytesPerToken)
+                        }
+                        results.append(r)
                     }
-                    results.append(r)
                 }
             }
             if parts.contains("classify") {
@@ -111,10 +122,12 @@ struct Bench: ParsableCommand {
         return r
     }
 
-    func benchGenerate(config: MambaConfig, name: String, batch: Int, tokens: Int) throws -> [String: Any] {
+    func benchGenerate(config: MambaConfig, name: String, batch: Int, tokens: Int, weights: StepWeights) throws -> [String: Any] {
         resetPeakRSS()
         let model = try MambaModel(config: config, seed: 0)
-        let gen = Generator(model: model, batch: batch)
+        let gen = Generator(model: model, batch: batch, weights: weights)
+        let f32Projections = RecurrentStepper.projectionParameters(config) * 4
+        let weightBytes = config.parameterCount * 4 - f32Projections + gen.stepper.projectionWeightBytes
         var rng = RNG(seed: 2)
         let prompts = (0..<batch).map { _ in (0..<16).map { _ in Int32(rng.int(below: 256)) } }
         let sampler = try Sampler(temperature: 0)
@@ -143,12 +156,13 @@ struct Bench: ParsableCommand {
         logits = []
         let tps = Double(tokens * batch) / s
         let median = stepSeconds.sorted()[tokens / 2]
-        printErr(String(format: "generate %@ batch %d: %.1f tokens/s (%.3f ms/step; median step %.3f ms = %.1f tokens/s), peak RSS %.0f MB",
-                        name, batch, tps, s / Double(tokens) * 1e3, median * 1e3, Double(batch) / median,
+        printErr(String(format: "generate %@ %@ batch %d: %.1f tokens/s (%.3f ms/step; median step %.3f ms = %.1f tokens/s), peak RSS %.0f MB",
+                        name, weights.rawValue, batch, tps, s / Double(tokens) * 1e3, median * 1e3, Double(batch) / median,
                         Double(peakRSS()) / 1e6))
         return ["impl": "mambakit", "task": "generate", "config": name, "batch": batch, "threads": Parallel.threads,
                 "tokens": tokens, "tokens_per_s": tps, "ms_per_step": s / Double(tokens) * 1e3,
-                "tokens_per_s_median_step": Double(batch) / median,
+                "tokens_per_s_median_step": Double(batch) / median, "weights": weights.rawValue,
+                "weight_bytes_per_token": weightBytes,
                 "peak_rss_mb": Double(peakRSS()) / 1e6, "rss_growth_during_generation_mb": Double(rssAfter - rssBefore) / 1e6,
                 "parameters": config.parameterCount]
     }
@@ -160,7 +174,8 @@ struct Bench: ParsableCommand {
         if quick { args.append("--quick") } else {
             args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens), "--configs", genConfigs,
                      "--gen-batches", genBatches, "--train-config", trainConfig, "--train-batch", String(trainBatch),
-                     "--classify-lengths", classifyLengths, "--classify-batches", classifyBatches]
+                     "--classify-lengths", classifyLengths, "--classify-batches", classifyBatches,
+                     "--gen-dtypes", genWeights.split(separator: ",").contains("bf16") ? "float32,bfloat16" : "float32"]
         }
         if let trainSeqLen, !quick { args += ["--train-seq-len", String(trainSeqLen)] }
         let torchTasks = tasks.filter { ["train", "generate", "classify"].contains($0) }

@@ -48,7 +48,16 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("prompt-audio"), help: "Audio: continue this recording (any format libsndfile reads).") var promptAudio: String?
     @Flag(name: .customLong("include-prompt"), help: "Audio: write the prompt before the continuation.") var includePrompt = false
     @Option(name: .customLong("wav-encoding"), help: "Audio: pcm16 (default) or float32.") var wavEncoding: String = "pcm16"
+    @Option(help: "Weights of the step's projections: f32 (exact, default) or bf16 (half the bytes read per token; logits move by ~1e-3 relative).")
+    var weights: String = "f32"
     @OptionGroup var common: CommonOptions
+
+    func stepWeights() throws -> StepWeights {
+        guard let w = StepWeights(rawValue: weights) else {
+            throw MambaKitError(.usage, "--weights '\(weights)' is not one of f32, bf16")
+        }
+        return w
+    }
 
     func run() throws {
         try runReportingErrors {
@@ -79,7 +88,7 @@ struct Generate: ParsableCommand {
             let promptTokens = try dna.map { try $0.encode(promptBytes, location: "the prompt") } ?? ByteTokenizer.encode(promptBytes)
             let sampler = try Sampler(temperature: temperature, topK: topK, topP: topP)
             var rng = RNG(seed: UInt64(seed))
-            let gen = Generator(model: m)
+            let gen = Generator(model: m, weights: try stepWeights())
             let sink = try ByteSink(path: output)
             let clock = ContinuousClock()
             let t0 = clock.now
@@ -127,7 +136,8 @@ extension Generate {
         tokens.reserveCapacity(count)
         let clock = ContinuousClock()
         let t0 = clock.now
-        try Generator(model: m).generate(prompt: prompt, count: count, sampler: sampler, rng: &rng) { tokens.append($0); return true }
+        try Generator(model: m, weights: try stepWeights()).generate(prompt: prompt, count: count, sampler: sampler,
+                                                                    rng: &rng) { tokens.append($0); return true }
         let elapsed = secs(clock.now - t0)
         var samples = t.decode(tokens)
         // The prompt as the model heard it (quantised), so the join is seamless.

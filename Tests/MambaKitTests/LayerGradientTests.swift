@@ -440,6 +440,33 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         }
     }
 
+    /// The bfloat16 projection computes Σ bf16(W)·x in Float32: the reference on the decoded weights, to rounding.
+    /// (`BFloat16.bits`' rounding itself is pinned by `SafeTensorsTests.bfloat16Conversion`.)
+    @Test(arguments: [MatVecShape(B: 1, I: 3, O: 1, padI: 0, padO: 0), MatVecShape(B: 1, I: 256, O: 6, padI: 0, padO: 0),
+                      MatVecShape(B: 3, I: 33, O: 17, padI: 5, padO: 2), MatVecShape(B: 2, I: 64, O: 9, padI: 0, padO: 1)])
+    func matVecBF16AgainstReference(shape: MatVecShape) {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
+        let (B, I, O) = (shape.B, shape.I, shape.O)
+        let (ldx, ldo) = (I + shape.padI, O + shape.padO)
+        let x = buf(randomFloats(B * ldx, seed: 95)), weight = buf(randomFloats(O * I, seed: 96))
+        let bias = buf(randomFloats(O, seed: 97))
+        let half = BF16Matrix(weight.ptr, rows: O, cols: I)
+        let decoded = buf(half.decoded())
+        // Rounding moved the weights, by at most half a bfloat16 ulp (≤ 2⁻⁸ relative).
+        #expect(zip(decoded.array, weight.array).allSatisfy { abs($0 - $1) <= abs($1) / 256 })
+        #expect(zip(decoded.array, weight.array).contains { $0 != $1 })
+        let absX = buf(x.array.map(abs)), absW = buf(decoded.array.map(abs)), absB = buf(bias.array.map(abs))
+        let fast = buf(randomFloats(B * ldo, seed: 98)), ref = buf(fast.array), mag = buf(count: B * ldo)
+        MatVec.forwardBF16(out: fast.ptr, ldo: ldo, x: x.ptr, ldx: ldx, weight: half, bias: bias.ptr, B: B)
+        MatVec.reference(out: ref.ptr, ldo: ldo, x: x.ptr, ldx: ldx, weight: decoded.ptr, bias: bias.ptr, B: B, I: I, O: O)
+        MatVec.reference(out: mag.ptr, ldo: ldo, x: absX.ptr, ldx: ldx, weight: absW.ptr, bias: absB.ptr, B: B, I: I, O: O)
+        let outIdx = blockIndices(rows: B, cols: O, ld: ldo)
+        expectWithinRounding("\(shape) bf16", outIdx.map { fast[$0] }, outIdx.map { ref[$0] },
+                             magnitude: outIdx.map { mag[$0] }, terms: I + 1)
+        expectUntouched("\(shape) bf16 padding", fast.array, ref.array, inside: outIdx)
+    }
+
     struct LinearShape: Sendable, CustomTestStringConvertible {
         let M, I, O, padI, padO: Int
         var testDescription: String { "M\(M) I\(I) O\(O) pad\(padI),\(padO)" }

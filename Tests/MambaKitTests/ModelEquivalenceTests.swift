@@ -213,6 +213,42 @@ extension MambaModel {
         }
     }
 
+    /// `.bf16` step weights: on a model whose projections already hold bfloat16 values the step is exact (the same
+    /// logits as `.f32`, to rounding); on the model itself the logits move only by the weights' rounding.
+    @Test(arguments: [TinyModel.untiedBias, .ragged])
+    func bfloat16StepWeights(tiny: TinyModel) throws {
+        let model = try tiny.make()
+        let (B, L, V) = (Self.B, Self.L, model.config.vocabSize)
+        let ids = randomTokens(B * L, V: V, seed: 13)
+        func run(_ m: MambaModel, _ weights: StepWeights) -> [Float] {
+            let gen = Generator(model: m, batch: B, weights: weights)
+            var out = [Float]()
+            for t in 0..<L { out += gen.step((0..<B).map { ids[$0 * L + t] }) }
+            return out
+        }
+        let exact = run(model, .f32), half = run(model, .bf16)
+        let scale = largestMagnitude(exact)
+        let rounded = try tiny.make()
+        for v in rounded.params.layout.views where ["in_proj.weight", "x_proj.weight", "out_proj.weight", "lm_head.weight",
+                                                     "embeddings.weight"].contains(where: { v.name.hasSuffix($0) }) {
+            // Tied models: the head is the embedding, which `.bf16` rounds too (as the head, not as the lookup).
+            if v.name.hasSuffix("embeddings.weight") && !rounded.config.tieWordEmbeddings { continue }
+            let p = rounded.params.ptr(v)
+            for i in 0..<v.count { p[i] = BFloat16.float(BFloat16.bits(p[i])) }
+        }
+        if rounded.config.tieWordEmbeddings {
+            // The lookup reads the unrounded embedding: compare with that model's head rounded only, which the
+            // f32 path cannot express, so the exact check is for untied heads; tied ones get the loose check.
+            expectClose("\(tiny) bf16 vs f32", half, exact, atol: 2e-2 * scale)
+        } else {
+            expectClose("\(tiny) bf16 vs f32 on bf16-valued weights", half, run(rounded, .f32), atol: 1e-5 * scale,
+                        rtol: 1e-5)
+        }
+        // Rounding the weights (2⁻⁹ relative) moves the logits by ~1e-3 of their scale over two layers, not more.
+        let drift = maxAbsDiff(half, exact)
+        #expect(drift > 0 && drift < 1e-2 * scale, "\(tiny): bf16 weights moved the logits by \(drift) (scale \(scale))")
+    }
+
     @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv])
     func chunkedMatchesWhole(tiny: TinyModel) throws {
         let model = try tiny.make()

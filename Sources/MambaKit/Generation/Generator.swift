@@ -5,14 +5,15 @@ public final class Generator {
     public let model: MambaModel
     public let batch: Int
     public let state: RecurrentState
-    let stepper: RecurrentStepper
+    public let stepper: RecurrentStepper
 
     /// Snapshots what the step reads transposed (see `RecurrentStepper`): make a new generator after training on.
-    public init(model: MambaModel, batch: Int = 1) {
+    /// `weights` is the precision the step reads its projections in (the prefill always runs in Float32).
+    public init(model: MambaModel, batch: Int = 1, weights: StepWeights = .f32) {
         self.model = model
         self.batch = batch
         state = RecurrentState(config: model.config, batch: batch)
-        stepper = RecurrentStepper(model: model, batch: batch)
+        stepper = RecurrentStepper(model: model, batch: batch, weights: weights)
     }
 
     /// Runs the prompts (`batch` rows of equal length) from zero state; returns the logits `(batch, V)` of the

@@ -147,7 +147,7 @@ public final class SafeTensorsFile: Sendable {
             case .F32: for i in 0..<n { dst[i] = Float(bitPattern: littleEndian(src, i, as: UInt32.self)) }
             case .F16: for i in 0..<n { dst[i] = floatFromHalfBits(littleEndian(src, i, as: UInt16.self)) }
             case .BF16:
-                for i in 0..<n { dst[i] = Float(bitPattern: UInt32(littleEndian(src, i, as: UInt16.self)) << 16) }
+                for i in 0..<n { dst[i] = BFloat16.float(littleEndian(src, i, as: UInt16.self)) }
             case .F64: for i in 0..<n { dst[i] = Float(Double(bitPattern: littleEndian(src, i, as: UInt64.self))) }
             default: preconditionFailure("convertFloats called on \(info.dtype.rawValue)")
             }
@@ -189,7 +189,7 @@ public struct SafeTensorOut: Sendable {
         case .F32: self.init(name: name, dtype: dtype, shape: shape, bytes: encode(floats) { $0.bitPattern })
         case .F64: self.init(name: name, dtype: dtype, shape: shape, bytes: encode(floats) { Double($0).bitPattern })
         case .F16: self.init(name: name, dtype: dtype, shape: shape, bytes: encode(floats, halfBits))
-        case .BF16: self.init(name: name, dtype: dtype, shape: shape, bytes: encode(floats, bfloat16Bits))
+        case .BF16: self.init(name: name, dtype: dtype, shape: shape, bytes: encode(floats, BFloat16.bits))
         default: preconditionFailure("SafeTensorOut(floats:) needs a floating-point dtype, not \(dtype.rawValue)")
         }
     }
@@ -337,13 +337,6 @@ private func roundShiftingRight(_ value: UInt32, by shift: UInt32) -> UInt32 {
     let rest = value & ((1 << shift) - 1)
     let half: UInt32 = 1 << (shift - 1)
     return rest > half || (rest == half && kept & 1 == 1) ? kept + 1 : kept
-}
-
-/// binary32 → bfloat16 bits (the top half of a Float), rounding to nearest with ties to even; NaN stays a quiet NaN.
-private func bfloat16Bits(_ x: Float) -> UInt16 {
-    let bits = x.bitPattern
-    if x.isNaN { return UInt16(bits >> 16) | 0x0040 }
-    return UInt16((bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
 }
 
 /// shape product × element size, or nil if it overflows `Int`.

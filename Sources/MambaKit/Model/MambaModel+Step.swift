@@ -22,13 +22,21 @@ public final class RecurrentStepper {
     public let logits: FloatBuffer
     /// Splits every loop of the step over `threads` members that spin between loops (see `SpinTeam`).
     let team: SpinTeam
+    /// How the projections read their weights.
+    public let weights: StepWeights
+    /// With `.bf16`: per layer in_proj, x_proj, out_proj, then the LM head (one more entry), rounded to bfloat16;
+    /// and the split input rows `(B, stride)` they read.
+    let bf16: [(inW: BF16Matrix, xW: BF16Matrix, outW: BF16Matrix)]
+    let bf16Head: BF16Matrix?
+    let split: FloatBuffer
 
     /// `threads` defaults to `Parallel.threads`, or 1 for models too small to gain from a second thread. The
     /// split is static, by output rows and channel blocks, so the results do not depend on it.
-    public init(model: MambaModel, batch: Int, threads: Int? = nil) {
+    public init(model: MambaModel, batch: Int, threads: Int? = nil, weights: StepWeights = .f32) {
         precondition(batch > 0)
         self.model = model
         self.batch = batch
+        self.weights = weights
         team = SpinTeam(size: threads ?? (model.config.parameterCount * batch >= 200_000 ? Parallel.threads : 1))
         let c = model.config
         let (D, ED, N, R, K, V) = (c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel,
@@ -45,6 +53,16 @@ public final class RecurrentStepper {
             at.append(a); ct.append(cw); dt.append(tw)
         }
         (At, convT, dtT) = (at, ct, dt)
+        if weights == .bf16 {
+            bf16 = model.layerViews.map { lv in
+                (BF16Matrix(p.ptr(lv.inW), rows: 2 * ED, cols: D), BF16Matrix(p.ptr(lv.xW), rows: R + 2 * N, cols: ED),
+                 BF16Matrix(p.ptr(lv.outW), rows: D, cols: ED))
+            }
+            bf16Head = BF16Matrix(p.ptr(model.headView), rows: V, cols: D)
+            split = FloatBuffer(count: batch * ((max(D, ED) + 31) & ~31))
+        } else {
+            (bf16, bf16Head, split) = ([], nil, FloatBuffer(count: 0))
+        }
         resid = FloatBuffer(count: batch * D)
         normed = FloatBuffer(count: batch * D)
         xz = FloatBuffer(count: batch * 2 * ED)
@@ -55,10 +73,23 @@ public final class RecurrentStepper {
         logits = FloatBuffer(count: batch * V)
     }
 
-    /// Bytes of the transposed tensors and scratch rows.
+    /// Bytes of the transposed tensors, scratch rows and bfloat16 weights.
     public var bytes: Int {
-        let bufs = At + convT + dtT + [resid, normed, xz, u, xdbl, gated, mixOut, logits]
-        return bufs.reduce(0) { $0 + $1.count } * 4
+        let bufs = At + convT + dtT + [resid, normed, xz, u, xdbl, gated, mixOut, logits, split]
+        let halves = bf16.reduce(bf16Head?.bytes ?? 0) { $0 + $1.inW.bytes + $1.xW.bytes + $1.outW.bytes }
+        return bufs.reduce(0) { $0 + $1.count } * 4 + halves
+    }
+
+    /// Parameters in the projections that `.bf16` rounds: in_proj, x_proj, out_proj per layer and the LM head.
+    public static func projectionParameters(_ c: MambaConfig) -> Int {
+        let (D, ED, N, R, V) = (c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.vocabSize)
+        return c.numHiddenLayers * (2 * ED * D + (R + 2 * N) * ED + D * ED) + V * D
+    }
+
+    /// Weight bytes one step reads in those projections (most of what bounds a step at batch 1).
+    public var projectionWeightBytes: Int {
+        if weights == .bf16 { return bf16.reduce(bf16Head!.bytes) { $0 + $1.inW.bytes + $1.xW.bytes + $1.outW.bytes } }
+        return RecurrentStepper.projectionParameters(model.config) * 4
     }
 
     /// Feeds `ids[b]` to sequence b, advancing `state`; leaves the next logits `(B, V)` in `logits`.
@@ -72,18 +103,29 @@ public final class RecurrentStepper {
         Embedding.forward(out: resid.ptr, ids: ids, weight: p.ptr(m.embedView), M: B, D: D, V: V)
         let blocks = (ED + 15) / 16
         let team = self.team
-        /// out (B, O) = x (B, I) · Wᵀ + b, output rows split over the team.
+        let xs = split.ptr
+        /// out (B, O) = x (B, I) · Wᵀ + b, output rows split over the team; `half` replaces W with `.bf16`.
         func project(_ out: UnsafeMutablePointer<Float>, _ ldo: Int, _ x: UnsafePointer<Float>, _ ldx: Int,
-                     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?, I: Int, O: Int) {
+                     _ w: UnsafePointer<Float>, _ half: BF16Matrix?, _ bias: UnsafePointer<Float>?, I: Int, O: Int) {
+            if let half {
+                MatVec.splitPairs(x, ldx: ldx, B: B, I: I, stride: half.stride, into: xs)
+                team.forRanges((O + 3) / 4) { lo, hi in
+                    MatVec.rowsBF16(out: out, ldo: ldo, xs: xs, weight: half, bias: bias, B: B,
+                                    from: lo * 4, to: min(O, hi * 4))
+                }
+                return
+            }
             team.forRanges((O + 3) / 4) { lo, hi in
                 MatVec.rows(out: out, ldo: ldo, x: x, ldx: ldx, weight: w, bias: bias, B: B, I: I,
                             from: lo * 4, to: min(O, hi * 4))
             }
         }
+        let halves = bf16
         for (l, lv) in m.layerViews.enumerated() {
             RMSNorm.forward(out: normed.ptr, rstd: nil, inp: resid.ptr, weight: p.ptr(lv.norm), M: B, D: D,
                             eps: c.layerNormEpsilon)
-            project(xz.ptr, 2 * ED, normed.ptr, D, p.ptr(lv.inW), lv.inB.map { p.ptr($0) }, I: D, O: 2 * ED)
+            let half = halves.isEmpty ? nil : halves[l]
+            project(xz.ptr, 2 * ED, normed.ptr, D, p.ptr(lv.inW), half?.inW, lv.inB.map { p.ptr($0) }, I: D, O: 2 * ED)
             // u = SiLU(conv1d(x)) from the K − 1 previous inputs in the state, which then shift by one.
             let (ctxAll, cw, cb) = (state.conv[l].ptr, UnsafePointer(convT[l].ptr), lv.convB.map { UnsafePointer(p.ptr($0)) })
             let (xzp, up) = (UnsafePointer(xz.ptr), u.ptr)
@@ -103,7 +145,7 @@ public final class RecurrentStepper {
                     storeF16x(siluSIMD(acc), up + b * ED + d0, w)
                 }
             }
-            project(xdbl.ptr, ldbc, u.ptr, ED, p.ptr(lv.xW), nil, I: ED, O: ldbc)
+            project(xdbl.ptr, ldbc, u.ptr, ED, p.ptr(lv.xW), half?.xW, nil, I: ED, O: ldbc)
             // Δ = softplus(dt_proj(dt_low)); the scan's one step; y ⊙ SiLU(z).
             let (at, dtw, dtb, dd) = (UnsafePointer(At[l].ptr), UnsafePointer(dtT[l].ptr), UnsafePointer(p.ptr(lv.dtB)),
                                       UnsafePointer(p.ptr(lv.d)))
@@ -133,14 +175,23 @@ public final class RecurrentStepper {
                 }
             }
             // x ← x + out_proj(gated)
-            project(mixOut.ptr, D, gated.ptr, ED, p.ptr(lv.outW), lv.outB.map { p.ptr($0) }, I: ED, O: D)
+            project(mixOut.ptr, D, gated.ptr, ED, p.ptr(lv.outW), half?.outW, lv.outB.map { p.ptr($0) }, I: ED, O: D)
             let (r, o) = (resid.ptr, mixOut.ptr)
             for i in 0..<(B * D) { r[i] = o[i] + r[i] }
         }
         RMSNorm.forward(out: normed.ptr, rstd: nil, inp: resid.ptr, weight: p.ptr(m.normFView), M: B, D: D,
                         eps: c.layerNormEpsilon)
-        project(logits.ptr, V, normed.ptr, D, p.ptr(m.headView), nil, I: D, O: V)
+        project(logits.ptr, V, normed.ptr, D, p.ptr(m.headView), bf16Head, nil, I: D, O: V)
     }
+}
+
+/// The precision the step reads its projection weights in.
+public enum StepWeights: String, CaseIterable, Sendable {
+    /// The parameters as they are (exactly `forward`'s maths).
+    case f32
+    /// in_proj, x_proj, out_proj and the LM head rounded to bfloat16 (half the bytes per step); everything else,
+    /// and all arithmetic, stays Float32. Logits move by ~1e-3 relative (see `RecurrentStepper`'s tests).
+    case bf16
 }
 
 #if canImport(Glibc)
