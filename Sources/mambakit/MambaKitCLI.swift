@@ -11,9 +11,11 @@ struct MambaKitCLI: ParsableCommand {
         subcommands: [Train.self, Eval.self, Generate.self, Classify.self, Fragments.self, Run.self, Inspect.self, Bench.self])
 
     static func main() {
-        // Give OpenBLAS its vector kernels where its CPU table is too old (BLASCore); one exec, before any work.
-        if let core = BLASCore.preferredCoreType() {
-            setenv("OPENBLAS_CORETYPE", core, 1)
+        // Give OpenBLAS its vector kernels where its CPU table is too old, and idle workers that sleep instead of
+        // polling (BLASCore); one exec, before any work.
+        let env = BLASCore.preferredEnvironment()
+        if !env.isEmpty {
+            for (key, value) in env { setenv(key, value, 1) }
             var argv: [UnsafeMutablePointer<CChar>?] = CommandLine.arguments.map { strdup($0) } + [nil]
             execv("/proc/self/exe", &argv)
             // exec failed: carry on with the generic kernels.
