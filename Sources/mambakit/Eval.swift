@@ -48,7 +48,7 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("prompt-audio"), help: "Audio: continue this recording (any format libsndfile reads).") var promptAudio: String?
     @Flag(name: .customLong("include-prompt"), help: "Audio: write the prompt before the continuation.") var includePrompt = false
     @Option(name: .customLong("wav-encoding"), help: "Audio: pcm16 (default) or float32.") var wavEncoding: String = "pcm16"
-    @Option(help: "Weights of the step's projections: f32 (exact, default) or bf16 (half the bytes read per token; logits move by ~1e-3 relative).")
+    @Option(help: "Weights of the step's projections: f32 (exact, default) or bf16 (half the bytes read per token; logits move by ~2e-3 of the largest).")
     var weights: String = "f32"
     @OptionGroup var common: CommonOptions
 

@@ -190,7 +190,8 @@ public enum StepWeights: String, CaseIterable, Sendable {
     /// The parameters as they are (exactly `forward`'s maths).
     case f32
     /// in_proj, x_proj, out_proj and the LM head rounded to bfloat16 (half the bytes per step); everything else,
-    /// and all arithmetic, stays Float32. Logits move by ~1e-3 relative (see `RecurrentStepper`'s tests).
+    /// and all arithmetic, stays Float32. On a trained byte model the logits moved by ~2e-3 of the largest one
+    /// (BENCHMARKS.md).
     case bf16
 }
 
