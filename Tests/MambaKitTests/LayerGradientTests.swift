@@ -412,10 +412,12 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     }
 
     /// The step's matrix × few vectors: full and part 16-lane chunks (I = 3, 33, 256), full and part row quads
-    /// (O = 1, 6, 1027), strided rows, and one call big enough to be split over threads (I·B·O ≈ 1.1 M).
+    /// (O = 1, 6, 1027), strided rows, and calls big enough to be split over threads (I·B·O ≈ 1.1 M); for B = 1
+    /// (rows one at a time) 64-float steps with 16-float ones and a tail after them (I = 100, 1100).
     @Test(arguments: [MatVecShape(B: 1, I: 3, O: 1, padI: 0, padO: 0), MatVecShape(B: 1, I: 256, O: 6, padI: 0, padO: 0),
                       MatVecShape(B: 3, I: 33, O: 17, padI: 5, padO: 2), MatVecShape(B: 5, I: 16, O: 8, padI: 16, padO: 3),
-                      MatVecShape(B: 3, I: 300, O: 1027, padI: 1, padO: 1)])
+                      MatVecShape(B: 3, I: 300, O: 1027, padI: 1, padO: 1), MatVecShape(B: 1, I: 100, O: 7, padI: 0, padO: 0),
+                      MatVecShape(B: 1, I: 1100, O: 1030, padI: 0, padO: 0)])
     func matVecAgainstReference(shape: MatVecShape) {
         let buf = Buffers()
         defer { withExtendedLifetime(buf) {} }
@@ -443,7 +445,8 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
     /// The bfloat16 projection computes Σ bf16(W)·x in Float32: the reference on the decoded weights, to rounding.
     /// (`BFloat16.bits`' rounding itself is pinned by `SafeTensorsTests.bfloat16Conversion`.)
     @Test(arguments: [MatVecShape(B: 1, I: 3, O: 1, padI: 0, padO: 0), MatVecShape(B: 1, I: 256, O: 6, padI: 0, padO: 0),
-                      MatVecShape(B: 3, I: 33, O: 17, padI: 5, padO: 2), MatVecShape(B: 2, I: 64, O: 9, padI: 0, padO: 1)])
+                      MatVecShape(B: 3, I: 33, O: 17, padI: 5, padO: 2), MatVecShape(B: 2, I: 64, O: 9, padI: 0, padO: 1),
+                      MatVecShape(B: 1, I: 100, O: 5, padI: 0, padO: 0), MatVecShape(B: 1, I: 160, O: 3, padI: 2, padO: 0)])
     func matVecBF16AgainstReference(shape: MatVecShape) {
         let buf = Buffers()
         defer { withExtendedLifetime(buf) {} }
