@@ -5,12 +5,13 @@
 ///     [dt_low | B | C] = x_proj(u);  Δ = softplus(dt_proj(dt_low));  s ← exp(Δ·A) ⊙ s + Δ·u·B;  y = C·s + D·u
 ///     x ← x + out_proj(y ⊙ SiLU(z));   logits = lm_head(RMSNorm_f(x))
 ///
-/// It computes exactly what `MambaModel.forward` computes with L = 1 and a carried `RecurrentState` (the tests hold
-/// the two together), but as three passes per layer instead of eleven: the projections are `MatVec` (W read once
-/// for all B rows), and the conv with SiLU, then dt_proj, softplus, the scan update and the gate each run in one
-/// sweep over 16-channel blocks while those channels are in registers. Tensors that the step reads transposed (A,
-/// the conv taps, dt_proj) are laid out once when the stepper is made: it snapshots them, so make a new stepper
-/// after the parameters change.
+/// It computes the maths of `MambaModel.forward` with L = 1 and a carried `RecurrentState` (to rounding: the
+/// projections sum in another order; the tests hold the two together), but as five passes per layer instead of
+/// eleven: the three projections are `MatVec` (W read once for all B rows), and the conv with SiLU, then dt_proj,
+/// softplus, the scan update and the gate, each run in one sweep over 16-channel blocks while those channels are in
+/// registers. Every pass is split over a `SpinTeam`. Tensors that the step reads transposed (A, the conv taps,
+/// dt_proj) are laid out once when the stepper is made: it snapshots them, so make a new stepper after the
+/// parameters change.
 public final class RecurrentStepper {
     public let model: MambaModel
     public let batch: Int
@@ -24,8 +25,8 @@ public final class RecurrentStepper {
     let team: SpinTeam
     /// How the projections read their weights.
     public let weights: StepWeights
-    /// With `.bf16`: per layer in_proj, x_proj, out_proj, then the LM head (one more entry), rounded to bfloat16;
-    /// and the split input rows `(B, stride)` they read.
+    /// With `.bf16`: per layer in_proj, x_proj and out_proj, and the LM head, rounded to bfloat16; and the split
+    /// input rows `(B, stride)` they read.
     let bf16: [(inW: BF16Matrix, xW: BF16Matrix, outW: BF16Matrix)]
     let bf16Head: BF16Matrix?
     let split: FloatBuffer
