@@ -90,6 +90,10 @@ func killAfter(_ p: Process, seconds: Double) {
         #expect(again.stdout == gen.stdout, "same seed, same bytes")
         let greedy = try CLI.run(["generate", "--model", out, "--prompt", "And", "--max-new-tokens", "10", "--temperature", "0"])
         #expect(greedy.status == 0 && greedy.stdout.count == 10)
+        // bfloat16 step weights, on one thread: a full-length continuation.
+        let half = try CLI.run(["generate", "--model", out, "--prompt", "And", "--max-new-tokens", "10", "--temperature", "0",
+                                "--weights", "bf16", "--threads", "1"])
+        #expect(half.status == 0 && half.stdout.count == 10, "\(half.stderr)")
 
         let inspect = try CLI.run(["inspect", "--model", out])
         #expect(inspect.status == 0)
@@ -135,6 +139,7 @@ func killAfter(_ p: Process, seconds: Double) {
             (["eval", "--model", tmp.file("dir"), "--data", "samples/text/ruth.txt"], "config needs"),
             (["generate", "--model", tmp.file("good"), "--top-p", "0"], "--top-p"),
             (["generate", "--model", tmp.file("good"), "--prompt-file", tmp.file("empty.txt")], "file is empty"),
+            (["generate", "--model", tmp.file("good"), "--weights", "fp8"], "--weights 'fp8'"),
             (["run", tmp.file("nopipeline.yaml")], "nopipeline.yaml"),
         ]
         for (args, phrase) in cases {
