@@ -66,10 +66,7 @@ public enum MatVec {
                 var i = 0
                 while i < full { a0 = a0.addingProduct(load16(w0 + i), load16(xb + i)); i += 16 }
                 if tail > 0 { a0 = a0.addingProduct(loadF16x(w0 + i, tail), loadF16x(xb + i, tail)) }
-                let h = a0.lowHalf + a0.highHalf
-                let q = h.lowHalf + h.highHalf
-                let p = q.lowHalf + q.highHalf
-                out[b * ldo + o] = p[0] + p[1] + (bias?[o] ?? 0)
+                out[b * ldo + o] = laneSum(a0) + (bias?[o] ?? 0)
             }
             o += 1
         }
@@ -98,10 +95,7 @@ public enum MatVec {
             while i < full { a0 = a0.addingProduct(load16(w + i), load16(x + i)); i += 16 }
             if tail > 0 { a1 = a1.addingProduct(loadF16x(w + i, tail), loadF16x(x + i, tail)) }
             let a = (a0 + a1) + (a2 + a3)
-            let h = a.lowHalf + a.highHalf
-            let q = h.lowHalf + h.highHalf
-            let p = q.lowHalf + q.highHalf
-            out[o] = p[0] + p[1] + (bias?[o] ?? 0)
+            out[o] = laneSum(a) + (bias?[o] ?? 0)
         }
     }
 
@@ -119,6 +113,15 @@ public enum MatVec {
 
     @inline(__always)
     static func load16(_ p: UnsafePointer<Float>) -> F16x { UnsafeRawPointer(p).loadUnaligned(as: F16x.self) }
+
+    /// The sum of 16 lanes by halving adds (shuffles, not a scalar add per lane).
+    @inline(__always)
+    static func laneSum(_ a: F16x) -> Float {
+        let h = a.lowHalf + a.highHalf
+        let q = h.lowHalf + h.highHalf
+        let p = q.lowHalf + q.highHalf
+        return p[0] + p[1]
+    }
 
     /// The lane sums of four vectors, `[Σa, Σb, Σc, Σd]`: halving adds and even/odd pair adds, which lower to
     /// a few shuffles instead of a scalar add per lane.
@@ -213,10 +216,7 @@ extension MatVec {
                     a1 = a1.addingProduct(d0, load16(xs + i + 16))
                 }
                 let a = (a0 + a1) + (a2 + a3)
-                let h = a.lowHalf + a.highHalf
-                let q = h.lowHalf + h.highHalf
-                let p = q.lowHalf + q.highHalf
-                out[o] = p[0] + p[1] + (bias?[o] ?? 0)
+                out[o] = laneSum(a) + (bias?[o] ?? 0)
             }
             return
         }
@@ -257,10 +257,7 @@ extension MatVec {
                     a0 = a0.addingProduct(e0, load16(xb + i)).addingProduct(d0, load16(xb + i + 16))
                     i += 32
                 }
-                let h = a0.lowHalf + a0.highHalf
-                let q = h.lowHalf + h.highHalf
-                let p = q.lowHalf + q.highHalf
-                out[b * ldo + o] = p[0] + p[1] + (bias?[o] ?? 0)
+                out[b * ldo + o] = laneSum(a0) + (bias?[o] ?? 0)
             }
             o += 1
         }
