@@ -65,7 +65,7 @@ import Testing
                                 weightDecay: Float(tr["weight_decay"] as! Double))
         let noDecay = Set(tr["no_decay"] as! [String])
         for view in c.model.params.layout.views {
-            #expect(AdamW.decays(view.name) == !noDecay.contains(view.name), "decay group of \(view.name)")
+            #expect(view.decay == !noDecay.contains(view.name), "decay group of \(view.name)")
         }
         let opt = AdamW(layout: c.model.params.layout, hyper: hyper)
         let ws = Workspace(config: c.model.config, B: c.B, L: c.L, training: true)

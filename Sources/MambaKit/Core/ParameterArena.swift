@@ -1,10 +1,13 @@
 /// Parameters, gradients and AdamW moments live in arenas with one layout: one buffer each, and named views whose
 /// names are the HF checkpoint keys. AdamW is then one loop over the buffer, `zeroGradients()` one memset, and saving
-/// a checkpoint "write every named view".
+/// a checkpoint "write every named view". Each view says whether AdamW decays it: the block that owns a tensor decides
+/// (mamba_ssm and HF exclude norms, biases, A_log, D and Mamba-2's dt_bias), never a guess from its name.
 public struct TensorView: Sendable, Equatable {
     public let name: String
     public let shape: [Int]
     public let offset: Int
+    /// Whether AdamW's decoupled weight decay applies to this tensor.
+    public let decay: Bool
     public var count: Int { shape.reduce(1, *) }
 }
 
@@ -18,10 +21,10 @@ public struct ArenaLayout: Sendable, Equatable {
 
     /// Appends a view; offsets are rounded up to 16 floats so every view starts 64-byte aligned.
     @discardableResult
-    public mutating func add(_ name: String, _ shape: [Int]) -> TensorView {
+    public mutating func add(_ name: String, _ shape: [Int], decay: Bool) -> TensorView {
         precondition(index[name] == nil, "duplicate parameter \(name)")
         let start = (total + 15) / 16 * 16
-        let v = TensorView(name: name, shape: shape, offset: start)
+        let v = TensorView(name: name, shape: shape, offset: start, decay: decay)
         index[name] = views.count
         views.append(v)
         total = start + v.count

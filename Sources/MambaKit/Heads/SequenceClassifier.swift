@@ -163,7 +163,7 @@ public final class SequenceClassifier {
     /// bias, to the logits).
     public func explain(_ tokens: [Int32], chunk: Int = 2048) throws -> (delta: [[Float]], contributions: [[Float]]?, logits: [Float]) {
         let c = model.config
-        let (D, C, ED, V) = (c.hiddenSize, numClasses, c.intermediateSize, c.vocabSize)
+        let (D, C, V) = (c.hiddenSize, numClasses, c.vocabSize)
         guard !tokens.isEmpty else { throw MambaKitError(.usage, "the sequence is empty") }
         if let bad = tokens.first(where: { $0 < 0 || Int($0) >= V }) {
             throw MambaKitError(.usage, "token \(bad) outside the model's vocabulary of \(V)")
@@ -181,11 +181,11 @@ public final class SequenceClassifier {
             let ws = workspace(B: 1, L: len, training: false)
             let ids = Array(tokens[pos..<(pos + len)])
             ids.withUnsafeBufferPointer {
-                model.forwardBackbone(ids: $0.baseAddress!, ws: ws, state: state) { layer, d in
+                model.forwardBackbone(ids: $0.baseAddress!, ws: ws, state: state) { layer, d, channels in
                     for t in 0..<len {
                         var s: Float = 0
-                        for j in 0..<ED { s += d[t * ED + j] }
-                        delta[layer][pos + t] = s / Float(ED)
+                        for j in 0..<channels { s += d[t * channels + j] }
+                        delta[layer][pos + t] = s / Float(channels)
                     }
                 }
             }

@@ -1,22 +1,28 @@
-/// What a Mamba model carries from one token to the next: per layer, the last K−1 conv inputs `(B, K−1, ED)` and
-/// the SSM state `(B, N, ED)` (MambaKit keeps the state transposed from HF's `(B, ED, N)` so that it is contiguous
-/// over channels). O(1) in the sequence length: this is all generation and chunked evaluation keep.
+/// What a model carries from one token (or chunk) to the next: one `BlockState` per layer — for Mamba-1 the last
+/// K−1 conv inputs and the SSM state, for Mamba-2 the conv inputs and the per-head state, for attention the keys and
+/// values so far (the only state that grows with the sequence). Generation and chunked evaluation keep this and
+/// nothing else.
 public final class RecurrentState {
     public let batch: Int
-    public let conv: [FloatBuffer]
-    public let ssm: [FloatBuffer]
+    public let layers: [BlockState]
+
+    public init(model: MambaModel, batch: Int) {
+        self.batch = batch
+        layers = model.blocks.map { $0.makeState(batch: batch) }
+    }
 
     public init(config c: MambaConfig, batch: Int) {
         self.batch = batch
-        conv = (0..<c.numHiddenLayers).map { _ in FloatBuffer(count: batch * max(c.convKernel - 1, 0) * c.intermediateSize) }
-        ssm = (0..<c.numHiddenLayers).map { _ in FloatBuffer(count: batch * c.stateSize * c.intermediateSize) }
+        layers = MambaModel.build(c).blocks.map { $0.makeState(batch: batch) }
     }
 
-    public func reset() {
-        for b in conv { b.zero() }
-        for b in ssm { b.zero() }
-    }
+    /// Mamba-1 layers' conv states `(B, K−1, ED)`, in layer order.
+    public var conv: [FloatBuffer] { layers.compactMap { ($0 as? Mamba1Block.State)?.conv } }
+    /// Mamba-1 layers' SSM states `(B, N, ED)`, in layer order.
+    public var ssm: [FloatBuffer] { layers.compactMap { ($0 as? Mamba1Block.State)?.ssm } }
+
+    public func reset() { for s in layers { s.reset() } }
 
     /// Bytes held, for the memory report of generation.
-    public var bytes: Int { (conv.reduce(0) { $0 + $1.count } + ssm.reduce(0) { $0 + $1.count }) * 4 }
+    public var bytes: Int { layers.reduce(0) { $0 + $1.bytes } }
 }

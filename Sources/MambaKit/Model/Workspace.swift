@@ -1,79 +1,76 @@
-/// Buffers of one forward/backward shape `(B, L)`. With `training`, every layer keeps its own activations for
-/// backward (and scan checkpoints); otherwise all layers share one set and nothing is kept.
+/// Buffers of one forward/backward shape `(B, L)`. With `training`, every layer keeps its residual input, its
+/// RMSNorm's rstd and its block's activations for backward; otherwise layers share one residual buffer and blocks of
+/// equal shape share one set of activations, and nothing is kept. Block scratch is always shared by shape.
 public final class Workspace {
     public let B: Int, L: Int
     public let training: Bool
     let c: MambaConfig
-    /// Set by owners that never change the parameters while they hold the workspace (generation, evaluation):
-    /// A = −exp(A_log)ᵀ is then computed on the first forward only instead of on every call.
+    /// Set by owners that never change the parameters while they hold the workspace (generation, evaluation).
     public var parametersFrozen = false
-    var aReady = false
     /// Whether the last forward continued a carried state (backward does not propagate into the context).
     var continuedState = false
 
-    final class LayerActs {
-        let resid, rstd, xz, convPre, u, xdbl, delta, y: FloatBuffer
-        let chk: FloatBuffer
-        init(c: MambaConfig, BL: Int, chk: Int) {
-            let (D, ED, N, R) = (c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank)
-            resid = FloatBuffer(count: BL * D)
-            rstd = FloatBuffer(count: BL)
-            xz = FloatBuffer(count: BL * 2 * ED)
-            convPre = FloatBuffer(count: BL * ED)
-            u = FloatBuffer(count: BL * ED)
-            xdbl = FloatBuffer(count: BL * (R + 2 * N))
-            delta = FloatBuffer(count: BL * ED)
-            y = FloatBuffer(count: BL * ED)
-            self.chk = FloatBuffer(count: chk)
-        }
-    }
-
-    let layers: [LayerActs]
-    /// Scratch for the scan backward's per-thread partial sums.
-    let scanScratch = Scratch()
-    /// A = −exp(A_log)ᵀ per layer, `(N, ED)`.
-    let At: [FloatBuffer]
+    /// Per layer (one shared entry when not training): the residual input `(B, L, D)` and its rstd `(B, L)`.
+    let resid: [FloatBuffer]
+    let rstd: [FloatBuffer]
+    /// Per layer: its block's activations and scratch (shared objects where `Block.shareKey`s agree).
+    let acts: [BlockActivations]
+    let scratch: [BlockScratch]
+    /// RMSNorm of the layer input `(B, L, D)` (recomputed in backward) and the block output `(B, L, D)`.
+    let normed, mixOut: FloatBuffer
     let residF, rstdF, normF: FloatBuffer
     public let logits: FloatBuffer
     /// RMSNorm_f(x_L) `(B, L, D)`, the backbone's output that heads read.
     public var hidden: UnsafePointer<Float> { UnsafePointer(normF.ptr) }
     /// ∂loss/∂hidden `(B, L, D)`, written by a head before `backwardBackbone` (training workspaces only).
     public var dHidden: UnsafeMutablePointer<Float> { dnormed.ptr }
-    // Backward scratch (training only).
-    let dresid, dnormed, gated, dG, dy, dxz, du, ddelta, dxdbl, dAt: FloatBuffer
+    // Backward scratch (training only): ∂loss/∂residual stream and ∂loss/∂normed input.
+    let dresid, dnormed: FloatBuffer
 
     /// Without `lmHead` there is no logits buffer (`B·L·V` floats): for heads that read `normF` (classification).
-    public init(config c: MambaConfig, B: Int, L: Int, training: Bool, lmHead: Bool = true) {
+    public convenience init(config c: MambaConfig, B: Int, L: Int, training: Bool, lmHead: Bool = true) {
+        self.init(config: c, blocks: MambaModel.build(c).blocks, B: B, L: L, training: training, lmHead: lmHead)
+    }
+
+    init(config c: MambaConfig, blocks: [Block], B: Int, L: Int, training: Bool, lmHead: Bool = true) {
         self.B = B; self.L = L; self.training = training; self.c = c
         let BL = B * L
-        let (D, ED, N, R, V) = (c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.vocabSize)
-        let chk = training ? SelectiveScanSIMD.checkpointCount(dims: ScanDims(B: B, L: L, ED: ED, N: N, ldbc: 0)) : 0
-        layers = (0..<(training ? c.numHiddenLayers : 1)).map { _ in LayerActs(c: c, BL: BL, chk: chk) }
-        At = (0..<c.numHiddenLayers).map { _ in FloatBuffer(count: N * ED) }
+        let (D, V) = (c.hiddenSize, c.vocabSize)
+        let kept = training ? blocks.count : 1
+        resid = (0..<kept).map { _ in FloatBuffer(count: BL * D) }
+        rstd = (0..<kept).map { _ in FloatBuffer(count: BL) }
+        var sharedActs: [String: BlockActivations] = [:], sharedScratch: [String: BlockScratch] = [:]
+        var a: [BlockActivations] = [], s: [BlockScratch] = []
+        for blk in blocks {
+            if training {
+                a.append(blk.makeActivations(B: B, L: L, training: true))
+            } else {
+                if sharedActs[blk.shareKey] == nil { sharedActs[blk.shareKey] = blk.makeActivations(B: B, L: L, training: false) }
+                a.append(sharedActs[blk.shareKey]!)
+            }
+            if sharedScratch[blk.shareKey] == nil { sharedScratch[blk.shareKey] = blk.makeScratch(B: B, L: L, training: training) }
+            s.append(sharedScratch[blk.shareKey]!)
+        }
+        acts = a
+        scratch = s
+        normed = FloatBuffer(count: BL * D)
+        mixOut = FloatBuffer(count: training ? 0 : BL * D)
         residF = FloatBuffer(count: BL * D)
         rstdF = FloatBuffer(count: BL)
         normF = FloatBuffer(count: BL * D)
         logits = FloatBuffer(count: lmHead ? BL * V : 0)
-        let s = training ? BL : 0
-        dresid = FloatBuffer(count: s * D)
-        dnormed = FloatBuffer(count: s * D)
-        gated = FloatBuffer(count: BL * ED)
-        dG = FloatBuffer(count: s * ED)
-        dy = FloatBuffer(count: s * ED)
-        dxz = FloatBuffer(count: s * 2 * ED)
-        du = FloatBuffer(count: s * ED)
-        ddelta = FloatBuffer(count: s * ED)
-        dxdbl = FloatBuffer(count: s * (R + 2 * N))
-        dAt = FloatBuffer(count: training ? N * ED : 0)
+        let t = training ? BL : 0
+        dresid = FloatBuffer(count: t * D)
+        dnormed = FloatBuffer(count: t * D)
     }
 
     /// Bytes held by the activations and scratch.
     public var bytes: Int {
-        var n = 0
-        for a in layers { n += [a.resid, a.rstd, a.xz, a.convPre, a.u, a.xdbl, a.delta, a.y, a.chk].reduce(0) { $0 + $1.count } }
-        n += At.reduce(0) { $0 + $1.count }
-        n += [residF, rstdF, normF, logits, dresid, dnormed, gated, dG, dy, dxz, du, ddelta, dxdbl, dAt]
-            .reduce(0) { $0 + $1.count }
+        var n = (resid + rstd).reduce(0) { $0 + $1.count }
+        var seen = Set<ObjectIdentifier>()
+        for x in acts where seen.insert(ObjectIdentifier(x)).inserted { n += x.floats }
+        for x in scratch where seen.insert(ObjectIdentifier(x)).inserted { n += x.floats }
+        n += [normed, mixOut, residF, rstdF, normF, logits, dresid, dnormed].reduce(0) { $0 + $1.count }
         return n * 4
     }
 }

@@ -1,5 +1,6 @@
 /// AdamW (Loshchilov & Hutter; PyTorch `torch.optim.AdamW`, `foreach=False`) over the parameter arena, with
-/// decoupled weight decay applied only to the views `decays` selects (not to norms, biases, A_log or D), and
+/// decoupled weight decay applied only to the views whose layout says `decay` (the owning block decides: not norms,
+/// biases, A_log, D or dt_bias), and
 /// global gradient-norm clipping as `torch.nn.utils.clip_grad_norm_`.
 ///
 /// Per element, in PyTorch's order and in Float: `p ← p·(1 − lr·wd)`; `m ← β1·m + (1−β1)·g`;
@@ -22,16 +23,11 @@ public final class AdamW {
     public var step: Int = 0
     let decayMask: [Bool]
 
-    /// Whether a parameter gets weight decay: everything but norms, biases, A_log and D.
-    public static func decays(_ name: String) -> Bool {
-        !(name.contains("norm") || name.hasSuffix(".bias") || name.hasSuffix("A_log") || name.hasSuffix(".D"))
-    }
-
     public init(layout: ArenaLayout, hyper: Hyper) {
         self.hyper = hyper
         m = Arena(layout: layout)
         v = Arena(layout: layout)
-        decayMask = layout.views.map { AdamW.decays($0.name) }
+        decayMask = layout.views.map(\.decay)
     }
 
     /// One update of `params` from `grads` at learning rate `lr`.
