@@ -9,12 +9,39 @@ import Testing
 enum BlockStack: String, CaseIterable, Sendable {
     /// Mamba-1 with conv bias and in/out_proj biases, ED = 24 (a part 16-channel block), N = 5, R = 2.
     case mamba1
+    /// Mamba-2 with H = 4 heads of P = 6, G = 2 groups, N = 5, K = 3, chunk 4 (L is never a multiple of it),
+    /// biases, and a Δ clamp [0.2, 3] that binds on some steps.
+    case mamba2
+    /// A nemotron_h stack `M*-`: Mamba-2 (H 4, P 4, G 1, N 16, chunk 8), attention with 4 heads of Dh = 5 over 2 KV
+    /// heads, and a relu² MLP of width 20 with biases.
+    case hybrid
 
     var config: MambaConfig {
         switch self {
         case .mamba1:
             return MambaConfig(vocabSize: 16, dModel: 12, layers: 1, dState: 5, dConv: 4, expand: 2, dtRank: 2,
                                useBias: true, tie: true)
+        case .mamba2:
+            var c = MambaConfig()
+            c.modelType = .mamba2
+            c.vocabSize = 16
+            c.hiddenSize = 12
+            c.layerKinds = [.mamba2]
+            (c.ssmHeads, c.ssmHeadDim, c.nGroups, c.stateSize, c.convKernel, c.chunkSize) = (4, 6, 2, 5, 3, 4)
+            c.useBias = true
+            c.timeStepLimit = [0.2, 3]
+            return c
+        case .hybrid:
+            var c = MambaConfig()
+            c.modelType = .nemotronH
+            c.vocabSize = 16
+            c.hiddenSize = 12
+            c.layerKinds = [.mamba2, .attention, .mlp]
+            (c.ssmHeads, c.ssmHeadDim, c.nGroups, c.stateSize, c.convKernel, c.chunkSize) = (4, 4, 1, 16, 4, 8)
+            (c.attentionHeads, c.kvHeads, c.attentionHeadDim) = (4, 2, 5)
+            (c.mlpWidth, c.mlpBias) = (20, true)
+            c.tieWordEmbeddings = false
+            return c
         }
     }
 
@@ -26,6 +53,7 @@ enum BlockStack: String, CaseIterable, Sendable {
             var (shift, s) = (0.0, 0.1)
             if v.name.hasSuffix("dt_proj.bias") || v.name.hasSuffix("dt_bias") { (shift, s) = (2, 0.5) }
             if v.name.hasSuffix("A_log") || v.name.hasSuffix("x_proj.weight") { s = 0.3 }
+            if v.name.hasSuffix("proj.weight") && m.config.modelType == .nemotronH { s = 0.3 }
             let p = m.params.ptr(v)
             for i in 0..<v.count { p[i] += Float(shift + rng.normal() * s) }
         }

@@ -1,14 +1,33 @@
 import Foundation
 
-/// Hyper-parameters of a Mamba-1 language model, named as in HF transformers' `MambaConfig` (the checkpoint
-/// contract, DESIGN.md §4), plus MambaKit's own `mambakit` section (tokenizer, task, ...), which other readers ignore.
+/// Hyper-parameters of a model, named as in HF transformers' configs (the checkpoint contract, DESIGN.md §4):
+/// `MambaConfig` (`model_type` "mamba", a Mamba-1 stack), `Mamba2Config` ("mamba2", a Mamba-2 stack) or
+/// `NemotronHConfig` ("nemotron_h", any stack of Mamba-2, attention and MLP blocks), plus MambaKit's own `mambakit`
+/// section (tokenizer, task, ...), which other readers ignore. Reading and writing the three layouts lives in
+/// `MambaConfig+HF.swift`.
 public struct MambaConfig: Equatable, @unchecked Sendable {
+    /// The checkpoint layout this config reads and writes as.
+    public enum ModelType: String, Sendable {
+        case mamba, mamba2
+        case nemotronH = "nemotron_h"
+    }
+
+    public var modelType: ModelType = .mamba
     public var vocabSize: Int = 256
     /// D
     public var hiddenSize: Int = 256
-    /// N
+    /// N (Mamba-1 and Mamba-2 blocks)
     public var stateSize: Int = 16
-    public var numHiddenLayers: Int = 4
+    /// The kind of each layer, in order (HF `layers_block_type` for nemotron_h).
+    public var layerKinds: [BlockKind] = Array(repeating: .mamba1, count: 4)
+    /// The number of layers; setting it repeats the last layer's kind.
+    public var numHiddenLayers: Int {
+        get { layerKinds.count }
+        set {
+            if newValue < layerKinds.count { layerKinds.removeLast(layerKinds.count - max(newValue, 0)) }
+            else { layerKinds += Array(repeating: layerKinds.last ?? .mamba1, count: newValue - layerKinds.count) }
+        }
+    }
     /// K
     public var convKernel: Int = 4
     public var expand: Double = 2
@@ -19,6 +38,26 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
     public var useConvBias: Bool = true
     public var useBias: Bool = false
     public var layerNormEpsilon: Float = 1e-5
+    // Mamba-2 blocks (mamba2: num_heads, head_dim, n_groups, chunk_size, time_step_limit; nemotron_h: mamba_num_heads,
+    // mamba_head_dim, n_groups, chunk_size). Their ED is H·P.
+    /// H
+    public var ssmHeads: Int = 8
+    /// P
+    public var ssmHeadDim: Int = 64
+    /// G: heads share B and C within a group, and the gated norm normalises each group's ED/G channels.
+    public var nGroups: Int = 1
+    /// Q: the SSD chunk length (numerics only: any value gives the same maths).
+    public var chunkSize: Int = 256
+    /// Mamba-2's clamp of Δ after softplus (`time_step_limit`; nemotron_h clamps at `[time_step_min, ∞)` instead).
+    public var timeStepLimit: [Double] = [0, .infinity]
+    // Attention blocks (nemotron_h: num_attention_heads, num_key_value_heads, head_dim).
+    public var attentionHeads: Int = 4
+    /// KV heads: each group of attentionHeads/kvHeads query heads shares one (GQA).
+    public var kvHeads: Int = 4
+    public var attentionHeadDim: Int = 64
+    // MLP blocks (nemotron_h: intermediate_size, mlp_bias).
+    public var mlpWidth: Int = 1024
+    public var mlpBias: Bool = false
     public var tieWordEmbeddings: Bool = true
     public var residualInFp32: Bool = true
     // Initialisation (HF `MambaPreTrainedModel._init_weights`).
@@ -39,7 +78,7 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
                 dtRank: Int? = nil, useConvBias: Bool = true, useBias: Bool = false, tie: Bool = true) {
         self.vocabSize = vocabSize
         hiddenSize = dModel
-        numHiddenLayers = layers
+        layerKinds = Array(repeating: .mamba1, count: max(layers, 0))
         stateSize = dState
         convKernel = dConv
         self.expand = expand
@@ -50,8 +89,25 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
         tieWordEmbeddings = tie
     }
 
+    /// The ED of Mamba-2 blocks.
+    public var ssmInner: Int { ssmHeads * ssmHeadDim }
+
+    /// The Δ clamp Mamba-2 blocks apply: `time_step_limit` for mamba2, `[time_step_min, ∞)` for nemotron_h (what
+    /// transformers' `NemotronHMamba2Mixer` does, whatever its config's time_step_limit says).
+    public var deltaClamp: (lo: Float, hi: Float) {
+        if modelType == .nemotronH { return (Float(timeStepMin), .infinity) }
+        return (Float(timeStepLimit[0]), Float(timeStepLimit[1]))
+    }
+
+    /// The stack in the pattern notation of arXiv 2406.07887 (`M` Mamba-2, `*` attention, `-` MLP, `m` Mamba-1).
+    public var pattern: String { String(layerKinds.map(\.symbol)) }
+
     public static func == (a: MambaConfig, b: MambaConfig) -> Bool {
-        a.vocabSize == b.vocabSize && a.hiddenSize == b.hiddenSize && a.stateSize == b.stateSize
+        a.modelType == b.modelType && a.layerKinds == b.layerKinds && a.ssmHeads == b.ssmHeads
+            && a.ssmHeadDim == b.ssmHeadDim && a.nGroups == b.nGroups && a.chunkSize == b.chunkSize
+            && a.timeStepLimit == b.timeStepLimit && a.attentionHeads == b.attentionHeads && a.kvHeads == b.kvHeads
+            && a.attentionHeadDim == b.attentionHeadDim && a.mlpWidth == b.mlpWidth && a.mlpBias == b.mlpBias
+            && a.vocabSize == b.vocabSize && a.hiddenSize == b.hiddenSize && a.stateSize == b.stateSize
             && a.numHiddenLayers == b.numHiddenLayers && a.convKernel == b.convKernel && a.expand == b.expand
             && a.intermediateSize == b.intermediateSize && a.timeStepRank == b.timeStepRank
             && a.useConvBias == b.useConvBias && a.useBias == b.useBias && a.layerNormEpsilon == b.layerNormEpsilon
@@ -72,135 +128,41 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
         }
         try need(vocabSize > 0, "vocab_size must be positive (got \(vocabSize))")
         try need(hiddenSize > 0, "hidden_size must be positive (got \(hiddenSize))")
-        try need(stateSize > 0, "state_size must be positive (got \(stateSize))")
         try need(numHiddenLayers > 0, "num_hidden_layers must be positive (got \(numHiddenLayers))")
-        try need(convKernel > 0, "conv_kernel must be positive (got \(convKernel))")
-        try need(intermediateSize > 0, "intermediate_size must be positive (got \(intermediateSize))")
-        try need(timeStepRank > 0, "time_step_rank must be positive (got \(timeStepRank))")
         try need(layerNormEpsilon > 0, "layer_norm_epsilon must be positive")
         try need(timeStepMin > 0 && timeStepMax >= timeStepMin, "time_step_min/max must satisfy 0 < min <= max")
+        let kinds = Set(layerKinds)
+        switch modelType {
+        case .mamba: try need(kinds == [.mamba1], "a 'mamba' model holds only Mamba-1 layers")
+        case .mamba2: try need(kinds == [.mamba2], "a 'mamba2' model holds only Mamba-2 layers")
+        case .nemotronH:
+            try need(!kinds.contains(.mamba1), "a 'nemotron_h' model holds Mamba-2, attention and MLP layers, not Mamba-1")
+        }
+        if kinds.contains(.mamba1) || kinds.contains(.mamba2) {
+            try need(stateSize > 0, "state_size must be positive (got \(stateSize))")
+            try need(convKernel > 0, "conv_kernel must be positive (got \(convKernel))")
+        }
+        if kinds.contains(.mamba1) {
+            try need(intermediateSize > 0, "intermediate_size must be positive (got \(intermediateSize))")
+            try need(timeStepRank > 0, "time_step_rank must be positive (got \(timeStepRank))")
+        }
+        if kinds.contains(.mamba2) {
+            try need(ssmHeads > 0 && ssmHeadDim > 0, "Mamba-2 heads and head dim must be positive (got \(ssmHeads) × \(ssmHeadDim))")
+            try need(nGroups > 0 && ssmHeads % nGroups == 0, "the Mamba-2 heads (\(ssmHeads)) must divide into n_groups (\(nGroups))")
+            try need(chunkSize > 0, "chunk_size must be positive (got \(chunkSize))")
+            try need(timeStepLimit.count == 2 && timeStepLimit[0] >= 0 && !(timeStepLimit[1] < timeStepLimit[0]),
+                     "time_step_limit must be [low, high] with 0 <= low <= high")
+        }
+        if kinds.contains(.attention) {
+            try need(attentionHeads > 0 && kvHeads > 0 && attentionHeadDim > 0,
+                     "attention heads, KV heads and head_dim must be positive")
+            try need(attentionHeads % kvHeads == 0, "num_attention_heads (\(attentionHeads)) must be a multiple of num_key_value_heads (\(kvHeads))")
+        }
+        if kinds.contains(.mlp) { try need(mlpWidth > 0, "the MLP width (intermediate_size) must be positive (got \(mlpWidth))") }
     }
 
     /// Parameter count (tied head counted once).
     public var parameterCount: Int { MambaModel.layout(for: self).views.reduce(0) { $0 + $1.count } }
-
-    // MARK: JSON (HF layout, and mamba_ssm's)
-
-    /// Reads config.json in HF's layout, or mamba_ssm's (`d_model`, `n_layer`, `ssm_cfg`).
-    public static func load(path: String) throws -> MambaConfig {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw MambaKitError(.io, "cannot read config: \(ioReason(error))", at: path)
-        }
-        guard let obj = (try? JSONSerialization.jsonObject(with: Data(sanitizedJSON(data)))) as? [String: Any] else {
-            throw MambaKitError(.format, "config is not a JSON object", at: path)
-        }
-        return try MambaConfig(json: obj, at: path)
-    }
-
-    public init(json o: [String: Any], at path: String? = nil) throws {
-        func int(_ k: String) throws -> Int? {
-            guard let v = o[k], !(v is NSNull) else { return nil }
-            if let n = v as? NSNumber, !jsonIsBool(n), n.doubleValue == n.doubleValue.rounded() {
-                return n.intValue
-            }
-            throw MambaKitError(.config, "'\(k)' must be an integer (got \(v))", at: path)
-        }
-        func num(_ k: String) throws -> Double? {
-            guard let v = o[k], !(v is NSNull) else { return nil }
-            if let n = v as? NSNumber, !jsonIsBool(n) { return n.doubleValue }
-            throw MambaKitError(.config, "'\(k)' must be a number (got \(v))", at: path)
-        }
-        func bool(_ k: String) throws -> Bool? {
-            guard let v = o[k], !(v is NSNull) else { return nil }
-            if let n = v as? NSNumber, jsonIsBool(n) { return n.boolValue }
-            throw MambaKitError(.config, "'\(k)' must be true or false (got \(v))", at: path)
-        }
-        self.init()
-        if let t = o["model_type"] as? String, t != "mamba" {
-            throw MambaKitError(.config, "model_type '\(t)' is not supported (expected 'mamba')", at: path)
-        }
-        let isSSM = o["d_model"] != nil && o["hidden_size"] == nil
-        if isSSM {
-            // mamba_ssm's MambaConfig: vocab padded to pad_vocab_size_multiple, eps 1e-5, RMSNorm.
-            guard let d = try int("d_model"), let n = try int("n_layer"), var v = try int("vocab_size") else {
-                throw MambaKitError(.config, "mamba_ssm config needs d_model, n_layer and vocab_size", at: path)
-            }
-            let mult = try int("pad_vocab_size_multiple") ?? 8
-            if mult > 1, v % mult != 0 { v += mult - v % mult }
-            if let di = try int("d_intermediate"), di > 0 {
-                throw MambaKitError(.config, "d_intermediate = \(di) (gated MLP sub-blocks) is not supported by this version", at: path)
-            }
-            if let attn = o["attn_layer_idx"] as? [Any], !attn.isEmpty {
-                throw MambaKitError(.config, "attention layers (attn_layer_idx) are not supported by this version", at: path)
-            }
-            let ssm = o["ssm_cfg"] as? [String: Any] ?? [:]
-            if let layer = ssm["layer"] as? String, layer != "Mamba1" {
-                throw MambaKitError(.config, "ssm_cfg.layer '\(layer)' is not supported (expected Mamba1)", at: path)
-            }
-            let ds = (ssm["d_state"] as? NSNumber)?.intValue ?? 16
-            let dc = (ssm["d_conv"] as? NSNumber)?.intValue ?? 4
-            let ex = (ssm["expand"] as? NSNumber)?.doubleValue ?? 2
-            var rank: Int? = nil
-            if let r = ssm["dt_rank"] as? NSNumber { rank = r.intValue }
-            self.init(vocabSize: v, dModel: d, layers: n, dState: ds, dConv: dc, expand: ex, dtRank: rank,
-                      useConvBias: (ssm["conv_bias"] as? Bool) ?? true, useBias: (ssm["bias"] as? Bool) ?? false,
-                      tie: try bool("tie_embeddings") ?? true)
-            if let rms = try bool("rms_norm"), !rms {
-                throw MambaKitError(.config, "rms_norm = false (LayerNorm) is not supported", at: path)
-            }
-            residualInFp32 = try bool("residual_in_fp32") ?? true
-        } else {
-            guard let d = try int("hidden_size"), let n = try int("num_hidden_layers"), let v = try int("vocab_size")
-            else { throw MambaKitError(.config, "config needs hidden_size, num_hidden_layers and vocab_size", at: path) }
-            var rank: Int? = nil
-            if let r = o["time_step_rank"], !(r is String) { rank = try int("time_step_rank") }
-            self.init(vocabSize: v, dModel: d, layers: n, dState: try int("state_size") ?? 16,
-                      dConv: try int("conv_kernel") ?? 4, expand: try num("expand") ?? 2, dtRank: rank,
-                      useConvBias: try bool("use_conv_bias") ?? true, useBias: try bool("use_bias") ?? false,
-                      tie: try bool("tie_word_embeddings") ?? true)
-            if let ed = try int("intermediate_size") { intermediateSize = ed }
-            if let e = try num("layer_norm_epsilon") { layerNormEpsilon = Float(e) }
-            residualInFp32 = try bool("residual_in_fp32") ?? true
-            initializerRange = try num("initializer_range") ?? initializerRange
-            timeStepScale = try num("time_step_scale") ?? timeStepScale
-            timeStepMin = try num("time_step_min") ?? timeStepMin
-            timeStepMax = try num("time_step_max") ?? timeStepMax
-            timeStepFloor = try num("time_step_floor") ?? timeStepFloor
-            timeStepInitScheme = (o["time_step_init_scheme"] as? String) ?? timeStepInitScheme
-            rescalePrenormResidual = try bool("rescale_prenorm_residual") ?? false
-            if let act = o["hidden_act"] as? String, act != "silu" {
-                throw MambaKitError(.config, "hidden_act '\(act)' is not supported (expected silu)", at: path)
-            }
-        }
-        if let mk = o["mambakit"] as? [String: Any] { mambakit = mk }
-        try validate(at: path)
-    }
-
-    /// The HF `MambaConfig` dictionary (what `save_pretrained` writes), with our `mambakit` section.
-    public var hfJSON: [String: Any] {
-        var o: [String: Any] = [
-            "architectures": ["MambaForCausalLM"], "model_type": "mamba",
-            "vocab_size": vocabSize, "hidden_size": hiddenSize, "state_size": stateSize,
-            "num_hidden_layers": numHiddenLayers, "conv_kernel": convKernel, "expand": expand,
-            "intermediate_size": intermediateSize, "time_step_rank": timeStepRank,
-            "use_conv_bias": useConvBias, "use_bias": useBias, "layer_norm_epsilon": Double("\(layerNormEpsilon)") ?? Double(layerNormEpsilon),
-            "tie_word_embeddings": tieWordEmbeddings, "residual_in_fp32": residualInFp32,
-            "hidden_act": "silu", "initializer_range": initializerRange, "time_step_scale": timeStepScale,
-            "time_step_min": timeStepMin, "time_step_max": timeStepMax, "time_step_floor": timeStepFloor,
-            "time_step_init_scheme": timeStepInitScheme, "rescale_prenorm_residual": rescalePrenormResidual,
-            "use_cache": true, "pad_token_id": NSNull(), "bos_token_id": NSNull(), "eos_token_id": NSNull(),
-            "dtype": "float32",
-        ]
-        // HF writes a whole-number expand as an integer.
-        if expand == expand.rounded() { o["expand"] = Int(expand) }
-        if !mambakit.isEmpty { o["mambakit"] = mambakit }
-        return o
-    }
-
-    public func write(to path: String) throws {
-        try AtomicFile.writeText(JSONWriter.string(hfJSON), to: path)
-    }
 }
 
 /// Python's json module writes bare `Infinity`, `-Infinity` and `NaN`, which are not JSON; map them to large

@@ -1,8 +1,9 @@
-/// A Mamba-1 language model (HF `MambaForCausalLM`; state-spaces/mamba `MambaLMHeadModel`):
+/// A language model over a stack of blocks (HF `MambaForCausalLM`, `Mamba2ForCausalLM`, `NemotronHForCausalLM`;
+/// state-spaces/mamba `MambaLMHeadModel`):
 ///
-///     x_0 = embeddings[ids];  x_{l+1} = x_l + Mixer_l(RMSNorm_l(x_l));  logits = lm_head(RMSNorm_f(x_L))
-///     Mixer: [x | z] = in_proj(h); u = SiLU(conv1d(x)); [dt_low | B | C] = x_proj(u);
-///            Δ = softplus(dt_proj(dt_low)); y = scan(u, Δ, A = −exp(A_log), B, C, D); out_proj(y ⊙ SiLU(z))
+///     x_0 = embeddings[ids];  x_{l+1} = x_l + Block_l(RMSNorm_l(x_l));  logits = lm_head(RMSNorm_f(x_L))
+///
+/// where each block is Mamba-1, Mamba-2, attention or an MLP (`Blocks/`), as `config.layerKinds` says.
 ///
 /// Parameters and gradients are arenas whose view names are the HF checkpoint keys. `forward` runs the whole batch
 /// layer by layer (one sgemm per projection over B·L rows), saving for backward what `backward` cannot cheaply
@@ -30,7 +31,12 @@ public final class MambaModel {
         var blocks: [Block] = []
         for i in 0..<c.numHiddenLayers {
             lay.add("backbone.layers.\(i).norm.weight", [D], decay: false)
-            blocks.append(Mamba1Block(config: c, layer: i, layout: &lay))
+            switch c.layerKinds[i] {
+            case .mamba1: blocks.append(Mamba1Block(config: c, layer: i, layout: &lay))
+            case .mamba2: blocks.append(Mamba2Block(config: c, layer: i, layout: &lay))
+            case .attention: blocks.append(AttentionBlock(config: c, layer: i, layout: &lay))
+            case .mlp: blocks.append(MLPBlock(config: c, layer: i, layout: &lay))
+            }
         }
         lay.add("backbone.norm_f.weight", [D], decay: false)
         if !c.tieWordEmbeddings { lay.add("lm_head.weight", [V, D], decay: true) }
