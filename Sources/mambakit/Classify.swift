@@ -101,7 +101,7 @@ struct ClassifyTrain: ParsableCommand {
             let progress = ProgressRenderer()
             installInterruptHandler()
             let (trainer, _) = try ClassificationTask.train(
-                s, model: shape.modelSpec.merged(over: file.model), train: trainSpec,
+                s, model: try shape.modelSpec().merged(over: file.model), train: trainSpec,
                 events: progress.handle, shouldStop: { interruptRequested != 0 })
             progress.finish()
             let best = trainer.bestLoss.isFinite ? String(format: ", best validation loss %.4f at step %d", trainer.bestLoss, trainer.bestStep) : ""

@@ -192,7 +192,23 @@ struct Inspect: ParsableCommand {
                 return
             }
             print("model        \(model)")
-            print("shape        d_model \(c.hiddenSize), layers \(c.numHiddenLayers), d_inner \(c.intermediateSize), d_state \(c.stateSize), d_conv \(c.convKernel), dt_rank \(c.timeStepRank), vocab \(c.vocabSize)")
+            switch c.modelType {
+            case .mamba:
+                print("shape        d_model \(c.hiddenSize), layers \(c.numHiddenLayers), d_inner \(c.intermediateSize), d_state \(c.stateSize), d_conv \(c.convKernel), dt_rank \(c.timeStepRank), vocab \(c.vocabSize)")
+            case .mamba2, .nemotronH:
+                print("layout       \(c.modelType.rawValue)")
+                print("stack        \(c.pattern) (\(c.numHiddenLayers) blocks: M Mamba-2, * attention, - MLP)")
+                print("shape        d_model \(c.hiddenSize), vocab \(c.vocabSize)")
+                let kinds = Set(c.layerKinds)
+                if kinds.contains(.mamba2) {
+                    let clamp = c.deltaClamp
+                    print("mamba-2      heads \(c.ssmHeads) × head dim \(c.ssmHeadDim) (d_inner \(c.ssmInner)), groups \(c.nGroups), d_state \(c.stateSize), d_conv \(c.convKernel), chunk \(c.chunkSize), Δ clamp [\(clamp.lo), \(clamp.hi)]")
+                }
+                if kinds.contains(.attention) {
+                    print("attention    heads \(c.attentionHeads), KV heads \(c.kvHeads), head dim \(c.attentionHeadDim), no positional encoding")
+                }
+                if kinds.contains(.mlp) { print("mlp          width \(c.mlpWidth), relu², bias \(c.mlpBias)") }
+            }
             print("options      conv bias \(c.useConvBias), proj bias \(c.useBias), tied head \(c.tieWordEmbeddings), eps \(c.layerNormEpsilon)")
             print("parameters   \(c.parameterCount) (\(formatCount(c.parameterCount)))")
             if !c.mambakit.isEmpty {

@@ -8,10 +8,20 @@ struct ShapeAndScheduleOptions: ParsableArguments {
     @Option(name: .customLong("batch-size"), help: "Sequences per step (default 8).") var batchSize: Int?
     @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default 512).") var seqLen: Int?
     @Option(name: .customLong("d-model"), help: "Model width D (default 256).") var dModel: Int?
-    @Option(help: "Mamba layers (default 4).") var layers: Int?
-    @Option(name: .customLong("d-state"), help: "SSM state size N (default 16).") var dState: Int?
+    @Option(help: "Layers of a pure stack (default 4).") var layers: Int?
+    @Option(help: "The block of a pure stack: mamba1 (default) or mamba2.") var mixer: String?
+    @Option(help: "A stack in the notation of arXiv 2406.07887: M Mamba-2, * attention, - MLP (e.g. M-M*-M-); all m for Mamba-1. Overrides --mixer and --layers.")
+    var pattern: String?
+    @Option(name: .customLong("d-state"), help: "SSM state size N (default 16 for Mamba-1, 64 for Mamba-2).") var dState: Int?
     @Option(name: .customLong("d-conv"), help: "Conv kernel K (default 4).") var dConv: Int?
     @Option(help: "Expansion E: d_inner = E·D (default 2).") var expand: Double?
+    @Option(name: .customLong("head-dim"), help: "Mamba-2 head dim P (default 64): E·D/P heads.") var headDim: Int?
+    @Option(help: "Mamba-2 groups G sharing B and C (default 1).") var groups: Int?
+    @Option(name: .customLong("chunk-size"), help: "Mamba-2 SSD chunk length (default 64).") var chunkSize: Int?
+    @Option(help: "Attention heads (default D / attention head dim).") var heads: Int?
+    @Option(name: .customLong("kv-heads"), help: "Attention KV heads (default half the heads).") var kvHeads: Int?
+    @Option(name: .customLong("attn-head-dim"), help: "Attention head dim (default 64).") var attnHeadDim: Int?
+    @Option(name: .customLong("mlp-width"), help: "MLP width (default 4·D).") var mlpWidth: Int?
     @Option(help: "Peak learning rate (default 2e-3).") var lr: Double?
     @Option(help: "Linear warmup steps (default 100, capped at --steps).") var warmup: Int?
     @Option(help: "Random seed for initialisation and data order (default 0).") var seed: Int?
@@ -23,9 +33,11 @@ struct ShapeAndScheduleOptions: ParsableArguments {
     @Option(name: .customLong("log-every"), help: "Log every N steps (default 10).") var logEvery: Int?
     @Option(help: "A pipeline-style YAML file whose model/train/data values the flags override.") var config: String?
 
-    var modelSpec: ModelSpec {
+    func modelSpec() throws -> ModelSpec {
         var m = ModelSpec()
         m.dModel = dModel; m.layers = layers; m.dState = dState; m.dConv = dConv; m.expand = expand
+        m.mixer = try mixer.map(ModelSpec.mixer(named:)); m.pattern = pattern; m.headDim = headDim; m.groups = groups; m.chunkSize = chunkSize
+        m.heads = heads; m.kvHeads = kvHeads; m.attnHeadDim = attnHeadDim; m.mlpWidth = mlpWidth
         return m
     }
 
@@ -40,7 +52,9 @@ struct ShapeAndScheduleOptions: ParsableArguments {
     func validate() throws {
         if let seed, seed < 0 { throw ValidationError("--seed must be ≥ 0") }
         for (name, v) in [("--steps", steps), ("--batch-size", batchSize), ("--seq-len", seqLen), ("--d-model", dModel),
-                          ("--layers", layers), ("--d-state", dState), ("--d-conv", dConv)] {
+                          ("--layers", layers), ("--d-state", dState), ("--d-conv", dConv), ("--head-dim", headDim),
+                          ("--groups", groups), ("--chunk-size", chunkSize), ("--heads", heads), ("--kv-heads", kvHeads),
+                          ("--attn-head-dim", attnHeadDim), ("--mlp-width", mlpWidth)] {
             if let v, v <= 0 { throw ValidationError("\(name) must be positive (got \(v))") }
         }
         if let expand, !(expand > 0) { throw ValidationError("--expand must be positive") }
@@ -68,7 +82,7 @@ struct Train: ParsableCommand {
             let format = try DataFormat.parse(format ?? file.format.rawValue)
             let data = self.data.isEmpty ? file.trainData : self.data
             guard !data.isEmpty else { throw MambaKitError(.usage, "no --data given (and no data.train in --config)") }
-            let model = shape.modelSpec.merged(over: file.model)
+            let model = try shape.modelSpec().merged(over: file.model)
             let trainSpec = shape.trainSpec.merged(over: file.train)
             let progress = ProgressRenderer()
             installInterruptHandler()

@@ -91,11 +91,12 @@ import Testing
         #expect(abs(loss - (e["loss"] as! Double)) < 1e-5, "loss \(loss) vs \(e["loss"]!)")
     }
 
-    @Test func modelSavedByMambaKitGivesTransformersLoss() throws {
-        // Fixture: a model written by `mambakit train`, and the loss transformers computed after loading it
-        // (scripts/check_transformers_roundtrip.py).
-        let e = try Fixtures.json("mambakit_saved_transformers.json")
-        let model = try MambaModel.load(directory: Fixtures.path("mambakit_saved"))
+    /// Fixtures: models written by `mambakit train` in each layout (Mamba-1; `--mixer mamba2`; `--pattern M*-`), and
+    /// the loss transformers computed after loading them (scripts/check_transformers_roundtrip.py).
+    @Test(arguments: ["mambakit_saved", "mambakit_saved_mamba2", "mambakit_saved_nemotron_h"])
+    func modelSavedByMambaKitGivesTransformersLoss(dir: String) throws {
+        let e = try Fixtures.json(dir + "_transformers.json")
+        let model = try MambaModel.load(directory: Fixtures.path(dir))
         let bytes = Array(try FileInput.readBytes(CLI.root + "/" + (e["data"] as! String)).prefix(e["max_bytes"] as! Int))
         let r = try Evaluator.nll(model: model, tokens: ByteTokenizer.encode(bytes), chunk: 700)
         #expect(r.count == e["tokens"] as! Int)

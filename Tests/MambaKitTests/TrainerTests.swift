@@ -42,20 +42,30 @@ import Testing
         #expect(s.rate(step: 35) > s.rate(step: 36))
     }
 
-    @Test func resumeContinuesBitForBit() throws {
-        try withThreadSettingsLock { try resumeContinuesBitForBitLocked() }
+    /// A Mamba-1 stack, and a hybrid `M*-M` (nemotron_h layout) with every block kind but Mamba-1.
+    static func stack(_ name: String) throws -> MambaConfig {
+        if name == "mamba1" { return config }
+        var spec = ModelSpec()
+        (spec.dModel, spec.pattern, spec.dState, spec.headDim, spec.chunkSize) = (16, "M*-M", 8, 8, 16)
+        (spec.attnHeadDim, spec.heads, spec.kvHeads, spec.mlpWidth) = (4, 4, 2, 32)
+        return try spec.config(vocabSize: 256)
     }
 
-    func resumeContinuesBitForBitLocked() throws {
+    @Test(arguments: ["mamba1", "hybrid"])
+    func resumeContinuesBitForBit(stack: String) throws {
+        try withThreadSettingsLock { try resumeContinuesBitForBitLocked(config: Self.stack(stack)) }
+    }
+
+    func resumeContinuesBitForBitLocked(config: MambaConfig) throws {
         let a = TempDir(), b = TempDir()
         let corpus = try Self.corpus()
         // Uninterrupted: 7 steps.
-        let full = Trainer(model: try MambaModel(config: Self.config, seed: 5), corpus: corpus,
+        let full = Trainer(model: try MambaModel(config: config, seed: 5), corpus: corpus,
                            options: Self.options(steps: 7), outDir: a.path, dataFingerprint: ["x"])
         try full.run()
         // Interrupted after step 3 (a checkpoint is written on the interruption), then resumed in a new trainer.
         var polls = 0
-        let first = Trainer(model: try MambaModel(config: Self.config, seed: 5), corpus: corpus,
+        let first = Trainer(model: try MambaModel(config: config, seed: 5), corpus: corpus,
                             options: Self.options(steps: 7), outDir: b.path, dataFingerprint: ["x"])
         do {
             try first.run(shouldStop: { polls += 1; return polls == 3 })
@@ -64,7 +74,7 @@ import Testing
             #expect(e.kind == .interrupted)
         }
         #expect(first.step == 3)
-        let second = Trainer(model: try MambaModel(config: Self.config, seed: 99), corpus: corpus,
+        let second = Trainer(model: try MambaModel(config: config, seed: 99), corpus: corpus,
                              options: Self.options(steps: 7), outDir: b.path, dataFingerprint: ["x"])
         try second.resume()
         #expect(second.step == 3)

@@ -93,10 +93,8 @@ public enum ClassificationTask {
         if let i = s.initFrom, !s.resume {
             let m = try MambaModel.load(directory: i)
             settings.tokenizer = try tokenizer(of: m.config, at: i + "/config.json")
-            let given = modelSpec
-            for (name, v) in [("--d-model", given.dModel), ("--layers", given.layers), ("--d-state", given.dState),
-                              ("--d-conv", given.dConv)] where v != nil {
-                throw MambaKitError(.usage, "\(name) cannot be set with --init: the shape comes from the pretrained model", at: i)
+            if let flag = modelSpec.firstShapeFlag {
+                throw MambaKitError(.usage, "\(flag) cannot be set with --init: the shape comes from the pretrained model", at: i)
             }
             baseSpec = ModelSpec(m.config)
             pretrained = m

@@ -10,7 +10,10 @@ public enum DataFormat: String, CaseIterable, Sendable {
     }
 }
 
-/// Model shape chosen on the command line or in a pipeline; nil fields take the defaults.
+/// Model shape chosen on the command line or in a pipeline; nil fields take the defaults. The stack is `mixer`
+/// (a pure Mamba-1 or Mamba-2 stack of `layers` blocks) or `pattern` (arXiv 2406.07887's notation: `M` Mamba-2,
+/// `*` attention, `-` MLP, or all `m` for Mamba-1), which overrides both; a pure Mamba-1 stack saves in HF's `mamba`
+/// layout, a pure Mamba-2 stack in `mamba2`, anything else in `nemotron_h`.
 public struct ModelSpec: Equatable, Sendable {
     public var dModel: Int?
     public var layers: Int?
@@ -19,12 +22,57 @@ public struct ModelSpec: Equatable, Sendable {
     public var expand: Double?
     public var dtRank: Int?
     public var tie: Bool?
+    /// `mamba1` (default) or `mamba2`.
+    public var mixer: BlockKind?
+    public var pattern: String?
+    /// Mamba-2: head dim P (default 64), groups G (default 1), chunk size Q (default 64).
+    public var headDim: Int?
+    public var groups: Int?
+    public var chunkSize: Int?
+    /// Attention: heads (default D / attn_head_dim), KV heads (default half the heads), head dim (default 64).
+    public var heads: Int?
+    public var kvHeads: Int?
+    public var attnHeadDim: Int?
+    /// MLP width (default 4·D).
+    public var mlpWidth: Int?
+    /// The model this spec was read from: `config` gives it back unchanged unless a field was changed since.
+    var source: MambaConfig?
     public init() {}
 
     /// The shape of an existing model.
     public init(_ c: MambaConfig) {
         dModel = c.hiddenSize; layers = c.numHiddenLayers; dState = c.stateSize; dConv = c.convKernel
-        expand = c.expand; dtRank = c.timeStepRank; tie = c.tieWordEmbeddings
+        tie = c.tieWordEmbeddings
+        pattern = c.pattern
+        switch c.modelType {
+        case .mamba:
+            expand = c.expand; dtRank = c.timeStepRank; mixer = .mamba1
+        case .mamba2, .nemotronH:
+            expand = Double(c.ssmInner) / Double(c.hiddenSize)
+            mixer = c.modelType == .mamba2 ? .mamba2 : nil
+            headDim = c.ssmHeadDim; groups = c.nGroups; chunkSize = c.chunkSize
+            heads = c.attentionHeads; kvHeads = c.kvHeads; attnHeadDim = c.attentionHeadDim; mlpWidth = c.mlpWidth
+        }
+        source = c
+    }
+
+    public static func == (a: ModelSpec, b: ModelSpec) -> Bool {
+        a.dModel == b.dModel && a.layers == b.layers && a.dState == b.dState && a.dConv == b.dConv
+            && a.expand == b.expand && a.dtRank == b.dtRank && a.tie == b.tie && a.mixer == b.mixer
+            && a.pattern == b.pattern && a.headDim == b.headDim && a.groups == b.groups && a.chunkSize == b.chunkSize
+            && a.heads == b.heads && a.kvHeads == b.kvHeads && a.attnHeadDim == b.attnHeadDim && a.mlpWidth == b.mlpWidth
+    }
+
+    /// The command-line name of the first field set that shapes the stack, if any.
+    public var firstShapeFlag: String? {
+        let fields: [(String, Bool)] = [
+            ("--d-model", dModel != nil), ("--layers", layers != nil), ("--d-state", dState != nil),
+            ("--d-conv", dConv != nil), ("--expand", expand != nil), ("--mixer", mixer != nil),
+            ("--pattern", pattern != nil), ("--head-dim", headDim != nil), ("--groups", groups != nil),
+            ("--chunk-size", chunkSize != nil), ("--heads", heads != nil), ("--kv-heads", kvHeads != nil),
+            ("--attn-head-dim", attnHeadDim != nil), ("--mlp-width", mlpWidth != nil),
+        ]
+        return fields.first { $0.1 }?.0
     }
 
     /// Fills unset fields from `other`.
@@ -37,13 +85,99 @@ public struct ModelSpec: Equatable, Sendable {
         m.expand = expand ?? other.expand
         m.dtRank = dtRank ?? other.dtRank
         m.tie = tie ?? other.tie
+        // A pattern given here fixes the depth: the other's layer count (a default) does not apply.
+        if pattern != nil && layers == nil { m.layers = nil }
+        // A pattern given here replaces the other's stack; a mixer given here replaces the other's pattern.
+        m.mixer = mixer ?? (pattern == nil ? other.mixer : nil)
+        m.pattern = pattern ?? (mixer == nil ? other.pattern : nil)
+        m.headDim = headDim ?? other.headDim
+        m.groups = groups ?? other.groups
+        m.chunkSize = chunkSize ?? other.chunkSize
+        m.heads = heads ?? other.heads
+        m.kvHeads = kvHeads ?? other.kvHeads
+        m.attnHeadDim = attnHeadDim ?? other.attnHeadDim
+        m.mlpWidth = mlpWidth ?? other.mlpWidth
+        m.source = other.source
         return m
     }
 
+    /// `--mixer` / `model.mixer`: mamba1 or mamba2.
+    public static func mixer(named name: String) throws -> BlockKind {
+        switch name {
+        case "mamba1": return .mamba1
+        case "mamba2": return .mamba2
+        default: throw MambaKitError(.usage, "--mixer '\(name)' is not one of mamba1, mamba2")
+        }
+    }
+
+    /// The block kinds of a pattern string.
+    public static func kinds(of pattern: String) throws -> [BlockKind] {
+        guard !pattern.isEmpty else { throw MambaKitError(.usage, "--pattern is empty: give at least one block (M, *, -, or m)") }
+        let kinds = try pattern.map { ch -> BlockKind in
+            guard let k = BlockKind(symbol: ch) else {
+                throw MambaKitError(.usage, "--pattern '\(pattern)' has an unknown block '\(ch)' (M Mamba-2, * attention, - MLP, m Mamba-1)")
+            }
+            return k
+        }
+        if kinds.contains(.mamba1) && Set(kinds) != [.mamba1] {
+            throw MambaKitError(.usage, "--pattern '\(pattern)' mixes Mamba-1 (m) with other blocks, which no checkpoint layout holds; use M (Mamba-2) in a hybrid")
+        }
+        return kinds
+    }
+
     public func config(vocabSize: Int) throws -> MambaConfig {
-        let c = MambaConfig(vocabSize: vocabSize, dModel: dModel ?? 256, layers: layers ?? 4, dState: dState ?? 16,
-                            dConv: dConv ?? 4, expand: expand ?? 2, dtRank: dtRank, tie: tie ?? true)
-        guard c.intermediateSize > 0 else { throw MambaKitError(.usage, "d_model × expand must be at least 1") }
+        if let src = source, ModelSpec(src) == self, src.vocabSize == vocabSize { return src }
+        let kinds: [BlockKind]
+        if let pattern {
+            kinds = try Self.kinds(of: pattern)
+            if let layers, layers != kinds.count {
+                throw MambaKitError(.usage, "--layers \(layers) disagrees with --pattern '\(pattern)' (\(kinds.count) blocks); give one of them")
+            }
+        } else {
+            kinds = Array(repeating: mixer ?? .mamba1, count: layers ?? 4)
+        }
+        let D = dModel ?? 256
+        if Set(kinds) == [.mamba1] {
+            let c = MambaConfig(vocabSize: vocabSize, dModel: D, layers: kinds.count, dState: dState ?? 16,
+                                dConv: dConv ?? 4, expand: expand ?? 2, dtRank: dtRank, tie: tie ?? true)
+            guard c.intermediateSize > 0 else { throw MambaKitError(.usage, "d_model × expand must be at least 1") }
+            try c.validate()
+            return c
+        }
+        var c = MambaConfig()
+        c.vocabSize = vocabSize
+        c.hiddenSize = D
+        c.layerKinds = kinds
+        c.stateSize = dState ?? 64
+        c.convKernel = dConv ?? 4
+        c.expand = expand ?? 2
+        c.chunkSize = chunkSize ?? 64
+        c.nGroups = groups ?? 1
+        let ed = Int(c.expand * Double(D))
+        c.ssmHeadDim = headDim ?? min(64, max(ed, 1))
+        if kinds.contains(.mamba2) {
+            guard ed > 0, ed % c.ssmHeadDim == 0 else {
+                throw MambaKitError(.usage, "d_model × expand (\(ed)) must be a multiple of --head-dim (\(c.ssmHeadDim))")
+            }
+        }
+        c.ssmHeads = max(ed / max(c.ssmHeadDim, 1), 1)
+        c.attentionHeadDim = attnHeadDim ?? 64
+        c.attentionHeads = heads ?? max(1, D / c.attentionHeadDim)
+        c.kvHeads = kvHeads ?? (c.attentionHeads % 2 == 0 ? c.attentionHeads / 2 : c.attentionHeads)
+        c.mlpWidth = mlpWidth ?? 4 * D
+        if Set(kinds) == [.mamba2] {
+            c.modelType = .mamba2
+            c.initializerRange = 0.1
+            c.tieWordEmbeddings = tie ?? true
+        } else {
+            // transformers' NemotronH defaults; its head is never tied.
+            c.modelType = .nemotronH
+            c.initializerRange = 0.02
+            c.rescalePrenormResidual = true
+            c.residualInFp32 = false
+            if tie == true { throw MambaKitError(.usage, "a hybrid stack (nemotron_h layout) cannot tie its head to the embeddings") }
+            c.tieWordEmbeddings = false
+        }
         try c.validate()
         return c
     }

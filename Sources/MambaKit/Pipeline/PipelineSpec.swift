@@ -139,7 +139,9 @@ public struct PipelineSpec {
             valFraction = try r.double(d, "val_fraction")
         }
         if let m = try r.map(o, "model") {
-            try r.allow(m, ["d_model", "layers", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings"], in: "model")
+            try r.allow(m, ["d_model", "layers", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings", "mixer",
+                            "pattern", "head_dim", "groups", "chunk_size", "heads", "kv_heads", "attn_head_dim",
+                            "mlp_width"], in: "model")
             model.dModel = try r.int(m, "d_model")
             model.layers = try r.int(m, "layers")
             model.dState = try r.int(m, "d_state")
@@ -147,6 +149,25 @@ public struct PipelineSpec {
             model.expand = try r.double(m, "expand")
             model.dtRank = try r.int(m, "dt_rank")
             model.tie = try r.bool(m, "tie_embeddings")
+            if let mixer = try r.string(m, "mixer") {
+                guard let k = try? ModelSpec.mixer(named: mixer) else {
+                    throw MambaKitError(.config, "model.mixer '\(mixer)' is not one of mamba1, mamba2", at: path)
+                }
+                model.mixer = k
+            }
+            if let pattern = try r.string(m, "pattern") {
+                do { _ = try ModelSpec.kinds(of: pattern) } catch let e as MambaKitError {
+                    throw MambaKitError(.config, "model.pattern: " + e.message, at: path)
+                }
+                model.pattern = pattern
+            }
+            model.headDim = try r.int(m, "head_dim")
+            model.groups = try r.int(m, "groups")
+            model.chunkSize = try r.int(m, "chunk_size")
+            model.heads = try r.int(m, "heads")
+            model.kvHeads = try r.int(m, "kv_heads")
+            model.attnHeadDim = try r.int(m, "attn_head_dim")
+            model.mlpWidth = try r.int(m, "mlp_width")
         }
         if let t = try r.map(o, "train") {
             try r.allow(t, ["steps", "batch_size", "seq_len", "lr", "warmup", "seed", "weight_decay", "grad_clip",
