@@ -18,10 +18,10 @@ struct Bench: ParsableCommand {
     @Option(help: "Run only these measurements: train, generate, classify, parse (comma-separated; default train,generate).") var only: String?
     @Option(name: .customLong("classify-lengths"), help: "Classification: sequence lengths, paired with --classify-batches.") var classifyLengths: String = "1024,16384"
     @Option(name: .customLong("classify-batches"), help: "Classification: sequences per call, one per length.") var classifyBatches: String = "16,1"
-    @Option(name: .customLong("train-config"), help: "Training config: reference (default) or audio.") var trainConfig: String = "reference"
+    @Option(name: .customLong("train-config"), help: "Training configs: reference (default), audio, mamba2, hybrid (comma-separated).") var trainConfig: String = "reference"
     @Option(name: .customLong("train-seq-len"), help: "Training sequence length (default 2048).") var trainSeqLen: Int?
     @Option(name: .customLong("train-batch"), help: "Training batch (default 4).") var trainBatch: Int = 4
-    @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m, audio (comma-separated).") var genConfigs: String = "reference,mamba130m"
+    @Option(name: .customLong("gen-configs"), help: "Generation configs: reference, mamba130m, audio, mamba2, hybrid (comma-separated).") var genConfigs: String = "reference,mamba130m"
     @Option(name: .customLong("gen-batches"), help: "Generation batch sizes (comma-separated).") var genBatches: String = "1,16"
     @Option(name: .customLong("gen-weights"), help: "Generation: step weights f32, bf16 (comma-separated; PyTorch runs float32 and, for bf16, bfloat16).")
     var genWeights: String = "f32"
@@ -35,18 +35,26 @@ struct Bench: ParsableCommand {
             let bw = measureBandwidth(megabytes: quick ? 256 : 1024)
             printErr(String(format: "memory bandwidth (read): %.2f GB/s", bw / 1e9))
 
-            let reference = MambaConfig(vocabSize: 256, dModel: 256, layers: 4, dState: 16, dConv: 4, expand: 2)
-            let audio = LanguageModelTask.defaultAudioModel
-            let m130 = MambaConfig(vocabSize: 256, dModel: 768, layers: 24, dState: 16, dConv: 4, expand: 2)
+            let named = try Self.configs()
+            let reference = named["reference"]!
+            func pick(_ list: String, _ option: String) throws -> [(MambaConfig, String)] {
+                try list.split(separator: ",").map { n in
+                    guard let c = named[String(n)] else {
+                        throw MambaKitError(.usage, "\(option): '\(n)' is not one of \(named.keys.sorted().joined(separator: ", "))")
+                    }
+                    return (c, String(n))
+                }
+            }
             let L = quick ? 256 : 2048
             let parts = Set((only ?? "train,generate").split(separator: ",").map(String.init))
             if parts.contains("train") {
-                let (cfg, name) = trainConfig == "audio" ? (audio, "audio") : (reference, "reference")
-                results.append(try benchTrain(config: cfg, name: name, B: trainBatch, L: quick ? L : (trainSeqLen ?? L),
-                                              steps: quick ? 1 : trainSteps))
+                for (cfg, name) in try pick(trainConfig, "--train-config") {
+                    results.append(try benchTrain(config: cfg, name: name, B: trainBatch, L: quick ? L : (trainSeqLen ?? L),
+                                                  steps: quick ? 1 : trainSteps))
+                }
             }
             let n = quick ? 32 : genTokens
-            let configs = [(reference, "reference"), (m130, "mamba130m"), (audio, "audio")].filter { genConfigs.split(separator: ",").contains(Substring($0.1)) }
+            let configs = try pick(genConfigs, "--gen-configs")
             let batches = genBatches.split(separator: ",").compactMap { Int($0) }
             let weightSets = try genWeights.split(separator: ",").map { w in
                 guard let s = StepWeights(rawValue: String(w)) else {
@@ -91,6 +99,71 @@ struct Bench: ParsableCommand {
         }
     }
 
+    /// The benchmark shapes (BENCHMARKS.md): the Mamba-1 reference config (vocab 256, D 256, 4 layers, N 16), the
+    /// default audio model, the mamba-130m shape, the Mamba-2 reference config (D 256, 4 layers, head dim 64,
+    /// N 64, 1 group, chunk 64) and the hybrid M-M*-M- (the same Mamba-2 blocks, attention with 4 heads over 2 KV
+    /// heads of dim 64, MLP width 1024).
+    static func configs() throws -> [String: MambaConfig] {
+        var m2 = ModelSpec()
+        (m2.dModel, m2.mixer, m2.layers, m2.headDim, m2.dState, m2.groups, m2.chunkSize) = (256, .mamba2, 4, 64, 64, 1, 64)
+        var hy = ModelSpec()
+        (hy.dModel, hy.pattern, hy.headDim, hy.dState, hy.groups, hy.chunkSize) = (256, "M-M*-M-", 64, 64, 1, 64)
+        (hy.heads, hy.kvHeads, hy.attnHeadDim, hy.mlpWidth) = (4, 2, 64, 1024)
+        return [
+            "reference": MambaConfig(vocabSize: 256, dModel: 256, layers: 4, dState: 16, dConv: 4, expand: 2),
+            "audio": LanguageModelTask.defaultAudioModel,
+            "mamba130m": MambaConfig(vocabSize: 256, dModel: 768, layers: 24, dState: 16, dConv: 4, expand: 2),
+            "mamba2": try m2.config(vocabSize: 256),
+            "hybrid": try hy.config(vocabSize: 256),
+        ]
+    }
+
+    /// Floating-point operations of one training step (forward + backward) at `(B, L)`: every projection 6·BL·I·O
+    /// (forward 2, backward 4); Mamba-2's SSD products per chunk of Q (C·Bᵀ Q²N/2 per group, the masked product
+    /// Q²P/2, state and output products 2·Q·P·N per head, causal halves counted once) × 2 for the multiply-adds ×
+    /// 3 for forward and backward; attention's causal QKᵀ and PV (2·B·H·L²·Dh forward) × 3.5 with the backward;
+    /// the Mamba-1 scan's elementwise work is not counted.
+    static func trainingFLOPs(_ c: MambaConfig, B: Int, L: Int) -> Double {
+        let BL = Double(B * L), D = Double(c.hiddenSize)
+        var macs = Double(c.vocabSize) * D  // the LM head (the embedding is a gather)
+        var other = 0.0
+        for k in c.layerKinds {
+            switch k {
+            case .mamba1:
+                let (ed, n, r) = (Double(c.intermediateSize), Double(c.stateSize), Double(c.timeStepRank))
+                macs += 2 * ed * D + (r + 2 * n) * ed + ed * r + D * ed
+            case .mamba2:
+                let (ed, gn, h) = (Double(c.ssmInner), Double(c.nGroups * c.stateSize), Double(c.ssmHeads))
+                macs += (2 * ed + 2 * gn + h) * D + D * ed
+                let q = Double(c.chunkSize), p = Double(c.ssmHeadDim), n = Double(c.stateSize)
+                let perChunk = Double(c.nGroups) * q * q * n / 2 + h * (q * q * p / 2 + 2 * q * p * n)
+                other += 2 * 3 * perChunk * Double(B) * (Double(L) / q).rounded(.up)
+            case .attention:
+                let (qd, kv) = (Double(c.attentionHeads * c.attentionHeadDim), Double(c.kvHeads * c.attentionHeadDim))
+                macs += (qd + 2 * kv) * D + D * qd
+                other += 3.5 * 2 * Double(B) * Double(c.attentionHeads) * Double(L) * Double(L) * Double(c.attentionHeadDim)
+            case .mlp:
+                macs += 2 * D * Double(c.mlpWidth)
+            }
+        }
+        return 6 * BL * macs + other
+    }
+
+    /// OpenBLAS's sgemm rate on this machine for the step's largest projection shape, `(BL × D) · (D × O)ᵀ`.
+    static func sgemmRate(M: Int, K: Int, N: Int) -> Double {
+        let a = FloatBuffer(randomish: M * K), b = FloatBuffer(randomish: N * K), c = FloatBuffer(count: M * N)
+        func run() { Linear.forward(out: c.ptr, ldo: N, inp: a.ptr, ldi: K, weight: b.ptr, bias: nil, M: M, I: K, O: N) }
+        run()
+        let clock = ContinuousClock()
+        var best = Double.infinity
+        for _ in 0..<5 {
+            let t0 = clock.now
+            run()
+            best = min(best, secs(clock.now - t0))
+        }
+        return 2 * Double(M) * Double(K) * Double(N) / best
+    }
+
     func benchTrain(config: MambaConfig, name: String, B: Int, L: Int, steps: Int) throws -> [String: Any] {
         resetPeakRSS()
         let base = currentRSS()
@@ -113,12 +186,22 @@ struct Bench: ParsableCommand {
         let t0 = clock.now
         for _ in 0..<steps { step() }
         let s = secs(clock.now - t0) / Double(steps)
+        let peak = peakRSS()
+        let flops = Self.trainingFLOPs(config, B: B, L: L)
+        // The sgemm reference: the widest projection of the stack over B·L rows.
+        let widest = config.layerKinds.contains(.mamba2)
+            ? 2 * config.ssmInner + 2 * config.nGroups * config.stateSize + config.ssmHeads
+            : (config.layerKinds.contains(.mamba1) ? 2 * config.intermediateSize : config.mlpWidth)
+        let sgemm = Self.sgemmRate(M: B * L, K: config.hiddenSize, N: widest)
         let r: [String: Any] = ["impl": "mambakit", "task": "train", "config": name, "batch": B, "seq_len": L,
                                 "threads": Parallel.threads, "tokens_per_s": Double(B * L) / s, "seconds_per_step": s,
-                                "peak_rss_mb": Double(peakRSS()) / 1e6, "rss_increase_mb": Double(peakRSS() - base) / 1e6,
-                                "parameters": config.parameterCount]
-        printErr(String(format: "train %@ B=%d L=%d: %.0f tokens/s, %.3f s/step, peak RSS %.0f MB", name, B, L,
-                        Double(B * L) / s, s, Double(peakRSS()) / 1e6))
+                                "peak_rss_mb": Double(peak) / 1e6, "rss_increase_mb": Double(peak - base) / 1e6,
+                                "parameters": config.parameterCount, "pattern": config.pattern,
+                                "flops_per_step": flops, "gflop_per_s": flops / s / 1e9,
+                                "sgemm_gflop_per_s": sgemm / 1e9, "sgemm_shape": [B * L, config.hiddenSize, widest]]
+        printErr(String(format: "train %@ B=%d L=%d: %.0f tokens/s, %.3f s/step, peak RSS %.0f MB, %.1f GFLOP/s (sgemm %d×%d×%d: %.1f GFLOP/s)",
+                        name, B, L, Double(B * L) / s, s, Double(peak) / 1e6, flops / s / 1e9, B * L, config.hiddenSize,
+                        widest, sgemm / 1e9))
         return r
     }
 
@@ -194,6 +277,15 @@ struct Bench: ParsableCommand {
     }
 }
 
+extension FloatBuffer {
+    /// Values in [−1, 1) from a fixed sequence (benchmark operands).
+    convenience init(randomish count: Int) {
+        self.init(count: count)
+        var rng = RNG(seed: UInt64(count))
+        for i in 0..<count { ptr[i] = Float(rng.uniform(-1, 1)) }
+    }
+}
+
 func secs(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
 
 /// Sustained read bandwidth: sums a buffer much larger than the caches, best of several passes, all threads.
@@ -231,9 +323,8 @@ func procStatus(_ key: String) -> Int {
 }
 
 func currentRSS() -> Int { procStatus("VmRSS") }
-func peakRSS() -> Int { procStatus("VmHWM") }
-/// Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) so each measurement reports its own peak.
-func resetPeakRSS() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
+func peakRSS() -> Int { peakMemory() }
+func resetPeakRSS() { resetPeakMemory() }
 
 func cpuName() -> String {
     guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }

@@ -209,4 +209,83 @@ enum BlockStack: String, CaseIterable, Sendable {
                         atol: 1e-6 * max(largestMagnitude(gOnce), 1))
         }
     }
+
+    // MARK: The same stacks as whole models
+
+    /// A right-padded batch gives each sequence its own logits and, with the padding ignored, its own gradients.
+    @Test(arguments: BlockStack.allCases)
+    func paddedMatchesPerSequence(stack: BlockStack) throws {
+        let model = try stack.make()
+        let (L, Lb, V) = (21, 13, model.config.vocabSize)
+        let a = randomTokens(L, V: V, seed: 21), b = randomTokens(Lb, V: V, seed: 22)
+        let batch = a + b + randomTokens(L - Lb, V: V, seed: 23)
+        let both = model.logits(batch, B: 2, L: L)
+        let scale = largestMagnitude(both)
+        expectClose("\(stack) padded row 0", Array(both[0..<(L * V)]), model.logits(a, B: 1, L: L), atol: 1e-5 * scale)
+        expectClose("\(stack) padded row 1", Array(both[(L * V)..<((L + Lb) * V)]), model.logits(b, B: 1, L: Lb),
+                    atol: 1e-5 * scale)
+        var targets = nextTokenTargets(batch, B: 2, L: L)
+        for t in (Lb - 1)..<L { targets[L + t] = CrossEntropy.ignoreIndex }
+        let padded = model.gradients(batch, targets: targets, B: 2, L: L, lossScale: 1)
+        let gPadded = model.params.layout.views.map { model.grads.values($0.name) }
+        let sa = model.gradients(a, targets: nextTokenTargets(a, B: 1, L: L), B: 1, L: L, lossScale: 1)
+        let sb = model.gradients(b, targets: nextTokenTargets(b, B: 1, L: Lb), B: 1, L: Lb, lossScale: 1, zero: false)
+        #expect(abs(padded.sum - (sa.sum + sb.sum)) < 1e-5 * padded.sum)
+        for (v, gp) in zip(model.params.layout.views, gPadded) {
+            let gs = model.grads.values(v.name)
+            expectClose("\(stack) padded grad \(v.name)", gp, gs, atol: 1e-5 * largestMagnitude(gs), rtol: 1e-4)
+        }
+    }
+
+    /// Prefill of a prompt, then one recurrent step per token, gives the logits of one forward pass over the lot.
+    @Test(arguments: BlockStack.allCases)
+    func generationStepsMatchForward(stack: BlockStack) throws {
+        let model = try stack.make()
+        let (B, L, V) = (2, 17, model.config.vocabSize)
+        let ids = randomTokens(B * L, V: V, seed: 24)
+        let want = model.logits(ids, B: B, L: L)
+        let gen = Generator(model: model, batch: B)
+        let k = 5
+        let first = try gen.prefill((0..<B).map { b in Array(ids[(b * L)..<(b * L + k)]) })
+        var got = [[Float]](repeating: [], count: B)
+        for b in 0..<B { got[b] += first[(b * V)..<((b + 1) * V)] }
+        for t in k..<L {
+            let next = Array(gen.step((0..<B).map { ids[$0 * L + t] }))
+            for b in 0..<B { got[b] += next[(b * V)..<((b + 1) * V)] }
+        }
+        for b in 0..<B {
+            let w = Array(want[((b * L + k - 1) * V)..<((b + 1) * L * V)])
+            expectClose("\(stack) sequence \(b) steps", got[b], w, atol: 2e-5 * max(largestMagnitude(w), 1))
+        }
+    }
+
+    /// Thread counts change only rounding, and a given count gives the same bits twice, for every kind.
+    @Test func threadCountChangesOnlyRoundingInEveryKind() throws {
+        try withThreadSettingsLock {
+            let saved = Parallel.threads
+            defer { Parallel.setThreads(saved) }
+            for stack in [BlockStack.mamba2, .hybrid] {
+                let model = try stack.make()
+                let (B, L) = (2, 160)
+                let ids = randomTokens(B * L, V: model.config.vocabSize, seed: 31)
+                let targets = nextTokenTargets(ids, B: B, L: L)
+                func run() -> (logits: [Float], grads: [[Float]]) {
+                    let r = model.gradients(ids, targets: targets, B: B, L: L)
+                    return (r.logits, model.params.layout.views.map { model.grads.values($0.name) })
+                }
+                Parallel.setThreads(1)
+                let one = run()
+                for t in [2, 3] {
+                    Parallel.setThreads(t)
+                    let first = run(), second = run()
+                    #expect(first.logits == second.logits && first.grads == second.grads, "\(stack) threads \(t): two runs differ")
+                    expectClose("\(stack) threads \(t) logits", first.logits, one.logits,
+                                atol: 2e-6 * largestMagnitude(one.logits), rtol: 1e-6)
+                    for (v, (g, g1)) in zip(model.params.layout.views, zip(first.grads, one.grads)) {
+                        expectClose("\(stack) threads \(t) grad \(v.name)", g, g1, atol: 5e-6 * largestMagnitude(g1), rtol: 1e-5)
+                    }
+                }
+            }
+        }
+    }
 }

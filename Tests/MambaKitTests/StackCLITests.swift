@@ -78,6 +78,42 @@ import Testing
         #expect(audio.status == 0, "\(audio.stderr)")
     }
 
+    /// A pipeline with `variants` trains each stack into its own directory and tables them in summary.json.
+    @Test func variantsPipelineComparesStacks() throws {
+        let tmp = TempDir()
+        let yaml = """
+            name: arch
+            data: {format: bytes, train: [samples/text/ruth.txt], eval: samples/text/ruth.txt}
+            model: {d_model: 32}
+            variants:
+              - {name: m1, mixer: mamba1, layers: 1}
+              - {name: m2, mixer: mamba2, layers: 1, head_dim: 16, d_state: 16, chunk_size: 16}
+              - {name: hy, pattern: "M*-", head_dim: 16, d_state: 16, heads: 2, kv_heads: 1, attn_head_dim: 16, mlp_width: 64}
+            train: {steps: 4, batch_size: 2, seq_len: 64, log_every: 2, eval_every: 4, checkpoint_every: 4}
+            """
+        try yaml.write(toFile: tmp.file("arch.yaml"), atomically: true, encoding: .utf8)
+        let r = try CLI.run(["run", tmp.file("arch.yaml"), "--runs-dir", tmp.file("runs"), "--threads", "2"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: tmp.file("runs/arch/summary.json")))) as! [String: Any]
+        let results = summary["results"] as! [[String: Any]]
+        #expect(results.map { $0["variant"] as! String } == ["m1", "m2", "hy"])
+        #expect(results.map { $0["pattern"] as! String } == ["m", "M", "M*-"])
+        #expect(results.map { $0["layout"] as! String } == ["mamba", "mamba2", "nemotron_h"])
+        for x in results {
+            #expect(((x["eval"] as? [String: Any])?["bits_per_byte"] as? Double ?? 99) < 8.5, "\(x)")
+            #expect((x["train_tokens_per_s"] as? Double ?? 0) > 0 && (x["peak_rss_mb"] as? Double ?? 0) > 0)
+            #expect(FileManager.default.fileExists(atPath: tmp.file("runs/arch/\(x["variant"]!)/model.safetensors")))
+        }
+        #expect((summary["table"] as! [String]).count == 5)
+        // A variant with an unknown key, or two variants of one name, are refused before anything runs.
+        for (bad, phrase) in [("- {name: m1, layerz: 2}", "layerz"), ("- {name: m1}\n  - {name: m1}", "appears twice")] {
+            try yaml.replacingOccurrences(of: "- {name: m1, mixer: mamba1, layers: 1}", with: bad)
+                .write(toFile: tmp.file("bad.yaml"), atomically: true, encoding: .utf8)
+            let b = try CLI.run(["run", tmp.file("bad.yaml"), "--runs-dir", tmp.file("runs2")])
+            #expect(b.status != 0 && b.stderr.contains(phrase) && b.stderr.contains("bad.yaml"), "\(b.stderr)")
+        }
+    }
+
     @Test func badStacksGetClearErrors() throws {
         let tmp = TempDir()
         let cases: [([String], String)] = [

@@ -26,6 +26,14 @@ public enum StrandStrategy: String, CaseIterable, Sendable {
 }
 
 public enum ClassificationHead {
+    /// The head's tensors, added to a model's layout when its config names classes: `classifier.weight [C, D]`
+    /// (decayed) and `classifier.bias [C]` (not decayed).
+    static func addTensors(for c: MambaConfig, to lay: inout ArenaLayout) {
+        guard !c.classLabels.isEmpty else { return }
+        lay.add("classifier.weight", [c.classLabels.count, c.hiddenSize], decay: true)
+        lay.add("classifier.bias", [c.classLabels.count], decay: false)
+    }
+
     /// `out[b] = mean_{t < len_b} h[b, t]` (mean) or `h[b, len_b − 1]` (last); `h` `(B, L, D)`, `out` `(B, D)`.
     /// The mean sums in Double in time order.
     public static func poolForward(out: UnsafeMutablePointer<Float>, h: UnsafePointer<Float>, lengths: [Int], L: Int,

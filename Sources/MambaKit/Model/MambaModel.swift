@@ -22,8 +22,8 @@ public final class MambaModel {
     let headView: TensorView
 
     /// The parameter layout of `config` (in the order HF's `named_parameters()` lists them) and its blocks: the
-    /// embedding, then per layer its norm and its block's tensors, `norm_f`, an untied head, and a classifier's
-    /// head when the config names classes.
+    /// embedding, then per layer its norm and its block's tensors, `norm_f`, an untied LM head, then the tensors of
+    /// any other head the config asks for (a classifier's, `ClassificationHead.addTensors`).
     static func build(_ c: MambaConfig) -> (layout: ArenaLayout, blocks: [Block]) {
         var lay = ArenaLayout()
         let (D, V) = (c.hiddenSize, c.vocabSize)
@@ -40,10 +40,8 @@ public final class MambaModel {
         }
         lay.add("backbone.norm_f.weight", [D], decay: false)
         if !c.tieWordEmbeddings { lay.add("lm_head.weight", [V, D], decay: true) }
-        if !c.classLabels.isEmpty {
-            lay.add("classifier.weight", [c.classLabels.count, D], decay: true)
-            lay.add("classifier.bias", [c.classLabels.count], decay: false)
-        }
+        // Heads beyond the LM head add their own tensors.
+        ClassificationHead.addTensors(for: c, to: &lay)
         return (lay, blocks)
     }
 

@@ -21,6 +21,9 @@ public struct PipelineSpec {
     /// Audio language models: the model's sample rate and quantiser.
     public var audio = AudioTokenizer()
     public var model = ModelSpec()
+    /// Language models: stacks to train one after another with the same data and schedule, each a `model` section
+    /// of its own merged over `model` (`mambakit run` compares them in `summary.json`).
+    public var variants: [(name: String, model: ModelSpec)] = []
     public var train = TrainSpec()
     public var generate: GenerateSpec?
     public var threads: Int?
@@ -85,6 +88,41 @@ public struct PipelineSpec {
 
     public init(name: String) { self.name = name }
 
+    /// The model keys of a `model` section (or of one of `variants`).
+    static func modelSpec(_ m: [String: Any], reader r: YAMLReader, in section: String) throws -> ModelSpec {
+        var spec = ModelSpec()
+        try r.allow(m, ["d_model", "layers", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings", "mixer",
+                        "pattern", "head_dim", "groups", "chunk_size", "heads", "kv_heads", "attn_head_dim",
+                        "mlp_width"], in: section)
+        spec.dModel = try r.int(m, "d_model")
+        spec.layers = try r.int(m, "layers")
+        spec.dState = try r.int(m, "d_state")
+        spec.dConv = try r.int(m, "d_conv")
+        spec.expand = try r.double(m, "expand")
+        spec.dtRank = try r.int(m, "dt_rank")
+        spec.tie = try r.bool(m, "tie_embeddings")
+        if let mixer = try r.string(m, "mixer") {
+            guard let k = try? ModelSpec.mixer(named: mixer) else {
+                throw MambaKitError(.config, "\(section).mixer '\(mixer)' is not one of mamba1, mamba2", at: r.path)
+            }
+            spec.mixer = k
+        }
+        if let pattern = try r.string(m, "pattern") {
+            do { _ = try ModelSpec.kinds(of: pattern) } catch let e as MambaKitError {
+                throw MambaKitError(.config, "\(section).pattern: " + e.message, at: r.path)
+            }
+            spec.pattern = pattern
+        }
+        spec.headDim = try r.int(m, "head_dim")
+        spec.groups = try r.int(m, "groups")
+        spec.chunkSize = try r.int(m, "chunk_size")
+        spec.heads = try r.int(m, "heads")
+        spec.kvHeads = try r.int(m, "kv_heads")
+        spec.attnHeadDim = try r.int(m, "attn_head_dim")
+        spec.mlpWidth = try r.int(m, "mlp_width")
+        return spec
+    }
+
     public static func load(path: String) throws -> PipelineSpec {
         let bytes = try FileInput.readBytes(path)
         guard let text = String(bytes: bytes, encoding: .utf8) else {
@@ -100,7 +138,7 @@ public struct PipelineSpec {
 
     init(yaml o: [String: Any], path: String) throws {
         let r = YAMLReader(path: path)
-        try r.allow(o, ["name", "task", "data", "model", "train", "generate", "threads", "classify", "pretrain"],
+        try r.allow(o, ["name", "task", "data", "model", "variants", "train", "generate", "threads", "classify", "pretrain"],
                     in: "top level")
         task = try r.string(o, "task") ?? "lm"
         guard task == "lm" || task == "classify" else {
@@ -138,36 +176,23 @@ public struct PipelineSpec {
             evalData = try r.string(d, "eval")
             valFraction = try r.double(d, "val_fraction")
         }
-        if let m = try r.map(o, "model") {
-            try r.allow(m, ["d_model", "layers", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings", "mixer",
-                            "pattern", "head_dim", "groups", "chunk_size", "heads", "kv_heads", "attn_head_dim",
-                            "mlp_width"], in: "model")
-            model.dModel = try r.int(m, "d_model")
-            model.layers = try r.int(m, "layers")
-            model.dState = try r.int(m, "d_state")
-            model.dConv = try r.int(m, "d_conv")
-            model.expand = try r.double(m, "expand")
-            model.dtRank = try r.int(m, "dt_rank")
-            model.tie = try r.bool(m, "tie_embeddings")
-            if let mixer = try r.string(m, "mixer") {
-                guard let k = try? ModelSpec.mixer(named: mixer) else {
-                    throw MambaKitError(.config, "model.mixer '\(mixer)' is not one of mamba1, mamba2", at: path)
-                }
-                model.mixer = k
+        if let m = try r.map(o, "model") { model = try Self.modelSpec(m, reader: r, in: "model") }
+        if let v = o["variants"], !(v is NSNull) {
+            guard task == "lm" else { throw MambaKitError(.config, "'variants' needs task: lm", at: path) }
+            guard let list = v as? [Any], !list.isEmpty else {
+                throw MambaKitError(.config, "'variants' must be a non-empty list of mappings, each with a name", at: path)
             }
-            if let pattern = try r.string(m, "pattern") {
-                do { _ = try ModelSpec.kinds(of: pattern) } catch let e as MambaKitError {
-                    throw MambaKitError(.config, "model.pattern: " + e.message, at: path)
+            for (i, item) in list.enumerated() {
+                guard var m = item as? [String: Any], let name = m["name"] as? String, !name.isEmpty,
+                      !name.contains("/"), name != ".", name != ".." else {
+                    throw MambaKitError(.config, "variants[\(i)] must be a mapping with a plain directory name under 'name'", at: path)
                 }
-                model.pattern = pattern
+                guard !variants.contains(where: { $0.name == name }) else {
+                    throw MambaKitError(.config, "variants: the name '\(name)' appears twice", at: path)
+                }
+                m["name"] = nil
+                variants.append((name, try Self.modelSpec(m, reader: r, in: "variants[\(i)] (\(name))")))
             }
-            model.headDim = try r.int(m, "head_dim")
-            model.groups = try r.int(m, "groups")
-            model.chunkSize = try r.int(m, "chunk_size")
-            model.heads = try r.int(m, "heads")
-            model.kvHeads = try r.int(m, "kv_heads")
-            model.attnHeadDim = try r.int(m, "attn_head_dim")
-            model.mlpWidth = try r.int(m, "mlp_width")
         }
         if let t = try r.map(o, "train") {
             try r.allow(t, ["steps", "batch_size", "seq_len", "lr", "warmup", "seed", "weight_decay", "grad_clip",

@@ -1,0 +1,134 @@
+import Foundation
+
+/// A language-model pipeline (`task: lm`) end to end: train on `data.train`, evaluate exactly on `data.eval`,
+/// generate from `generate`; outputs under `out/` (model, checkpoints, metrics.jsonl, eval.json, generated.txt or
+/// generated.wav, summary.json). With `variants`, each stack is trained in turn with the same data, schedule and seed
+/// into `out/<variant>/`, and the summary holds a table comparing them: parameters, held-out bits per token,
+/// training tokens/s and peak memory.
+public enum LanguageModelPipeline {
+    public enum Event {
+        case stage(String)
+        case training(Trainer.Event)
+    }
+
+    /// Runs the pipeline; returns the summary written to `out/summary.json`.
+    public static func run(_ spec: PipelineSpec, pipelinePath: String, out: String, resume: Bool,
+                           events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
+        guard !spec.trainData.isEmpty else { throw MambaKitError(.config, "data.train is empty", at: pipelinePath) }
+        var summary: [String: Any] = ["name": spec.name, "pipeline": pipelinePath]
+        if spec.variants.isEmpty {
+            summary.merge(try runOne(spec, model: spec.model, out: out, resume: resume, events: events,
+                                     shouldStop: shouldStop)) { $1 }
+        } else {
+            try ensureDirectory(out)
+            var results: [[String: Any]] = []
+            for (name, variant) in spec.variants {
+                events(.stage("variant \(name)"))
+                var r = try runOne(spec, model: variant.merged(over: spec.model), out: out + "/" + name, resume: resume,
+                                   events: events, shouldStop: shouldStop)
+                r["variant"] = name
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys]),
+                                     to: out + "/" + name + "/summary.json")
+                results.append(r)
+            }
+            summary["results"] = results
+            summary["table"] = table(results, unit: spec.format == .bytes ? "bits/byte" : "bits/token")
+        }
+        try AtomicFile.write(try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys]),
+                             to: out + "/summary.json")
+        return summary
+    }
+
+    /// One stack: train (or resume), evaluate, generate.
+    static func runOne(_ spec: PipelineSpec, model: ModelSpec, out: String, resume: Bool,
+                       events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
+        events(.stage("training on \(spec.trainData.joined(separator: ", "))"))
+        resetPeakMemory()
+        var windows: [Double] = []
+        let trainer = try LanguageModelTask.train(
+            format: spec.format, data: spec.trainData, out: out, model: model, train: spec.train,
+            valFraction: spec.valFraction, resume: resume && FileManager.default.fileExists(atPath: out + "/checkpoints/latest"),
+            audio: spec.audio,
+            events: { e in
+                if case let .step(step, _, _, _, _, tps, _) = e, step > 1 { windows.append(tps) }
+                events(.training(e))
+            }, shouldStop: shouldStop)
+        let c = trainer.model.config
+        var summary: [String: Any] = ["steps": trainer.step, "parameters": c.parameterCount, "pattern": c.pattern,
+                                      "layout": c.modelType.rawValue, "peak_rss_mb": Double(peakMemory()) / 1e6]
+        // The median logged window (each spans `log_every` steps): steady-state speed, robust to a slow window.
+        if !windows.isEmpty { summary["train_tokens_per_s"] = windows.sorted()[windows.count / 2] }
+        if let evalPath = spec.evalData {
+            events(.stage("evaluating \(evalPath)"))
+            let report = try LanguageModelTask.evaluate(model: trainer.model, path: evalPath, format: spec.format,
+                                                        chunk: trainer.options.seqLen)
+            var j = report.json
+            j["data"] = evalPath
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: j, options: [.prettyPrinted, .sortedKeys]),
+                                 to: out + "/eval.json")
+            summary["eval"] = j
+            events(.stage(String(format: "eval: %.4f bits/token over %d tokens", report.result.bitsPerToken, report.result.count)))
+        }
+        if let g = spec.generate, spec.format == .audio {
+            let t = spec.audio
+            let sampler = try Sampler(temperature: g.temperature, topK: g.topK, topP: g.topP)
+            var prompt: [Int32] = [t.silenceToken]
+            if let p = g.promptAudio { prompt += t.encode(try AudioFile.readMono(p, sampleRate: t.sampleRate)) }
+            let count = Int((g.seconds * Double(t.sampleRate)).rounded())
+            var rng = RNG(seed: UInt64(max(0, g.seed)))
+            var tokens: [Int32] = []
+            let clock = ContinuousClock()
+            let t0 = clock.now
+            try Generator(model: trainer.model).generate(prompt: prompt, count: count, sampler: sampler, rng: &rng) {
+                tokens.append($0); return true
+            }
+            let elapsed = seconds(clock.now - t0)
+            try AudioFile.writeWAV(t.decode(tokens), sampleRate: t.sampleRate, to: out + "/generated.wav")
+            if g.promptAudio != nil {
+                try AudioFile.writeWAV(t.decode(Array(prompt.dropFirst())) + t.decode(tokens), sampleRate: t.sampleRate,
+                                       to: out + "/continuation.wav")
+                summary["continuation"] = out + "/continuation.wav"
+            }
+            summary["generated"] = out + "/generated.wav"
+            summary["generation_real_time_factor"] = elapsed / g.seconds
+            events(.stage(String(format: "generated %.2f s of audio in %.2f s (real-time factor %.2f) → %@/generated.wav",
+                                 g.seconds, elapsed, elapsed / g.seconds, out)))
+        } else if let g = spec.generate {
+            let sampler = try Sampler(temperature: g.temperature, topK: g.topK, topP: g.topP)
+            var rng = RNG(seed: UInt64(max(0, g.seed)))
+            var bytes: [UInt8] = []
+            try Generator(model: trainer.model).generate(
+                prompt: ByteTokenizer.encode(Array(g.prompt.utf8)), count: g.maxNewTokens, sampler: sampler, rng: &rng
+            ) { bytes.append(UInt8(truncatingIfNeeded: $0)); return true }
+            try AtomicFile.write(Array(g.prompt.utf8) + bytes, to: out + "/generated.txt")
+            summary["generated"] = out + "/generated.txt"
+            events(.stage("generated \(bytes.count) bytes → \(out)/generated.txt"))
+        }
+        return summary
+    }
+
+    /// A Markdown table of the variants, one row each.
+    static func table(_ results: [[String: Any]], unit: String) -> [String] {
+        var rows = ["| variant | stack | parameters | held-out \(unit) | train tokens/s | peak memory (MB) |",
+                    "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in results {
+            let bits = ((r["eval"] as? [String: Any])?["bits_per_token"] as? Double).map { String(format: "%.4f", $0) } ?? "—"
+            let tps = (r["train_tokens_per_s"] as? Double).map { String(format: "%.0f", $0) } ?? "—"
+            rows.append("| \(r["variant"] ?? "") | `\(r["pattern"] ?? "")` | \(r["parameters"] ?? "") | \(bits) | \(tps) | "
+                        + String(format: "%.0f", r["peak_rss_mb"] as? Double ?? 0) + " |")
+        }
+        return rows
+    }
+}
+
+/// Linux: writing 5 to /proc/self/clear_refs resets the peak resident set (VmHWM), so each stage reports its own.
+public func resetPeakMemory() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
+
+/// The peak resident set since the last reset, in bytes (0 where /proc is not available).
+public func peakMemory() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return (line.split(separator: " ").compactMap { Int($0) }.first ?? 0) * 1024
+    }
+    return 0
+}
