@@ -70,6 +70,41 @@ classify: sequence-classification inference, the counterpart of MambaKit's
 Models (random weights, vocabulary 256 = bytes, tied embeddings):
     reference: d_model 256, 4 layers, d_state 16, d_conv 4, expand 2, dt_rank 16
     mamba130m: d_model 768, 24 layers, d_state 16, d_conv 4, expand 2, dt_rank 48
+    audio:     d_model 64, 4 layers, d_state 16, d_conv 4, expand 2, dt_rank 4
+
+Mamba-2 (SSD) and hybrid stacks (``STACK_CONFIGS``; usable with ``--train-configs``
+and ``--configs``), measured only through transformers' pure-PyTorch paths (impl
+``transformers``; ``transformers-mambapy`` and ``mambapy`` are Mamba-1 only, and
+mambapy's own Mamba-2 needs mamba_ssm):
+    mamba2: ``Mamba2ForCausalLM``: d_model 256, 4 layers, expand 2, head_dim 64
+            (8 heads), d_state 64, n_groups 1, chunk_size 64, d_conv 4, conv bias,
+            no projection biases, tied head, vocabulary 256 (1.79 M parameters).
+    hybrid: ``NemotronHForCausalLM``, layer pattern ``M-M*-M-`` (M = Mamba-2
+            mixer, * = attention, - = MLP; 7 layers): d_model 256, Mamba heads
+            8 x 64, d_state 64, n_groups 1, chunk_size 64, d_conv 4, attention
+            4 query / 2 key-value heads of 64 (no RoPE, as in NemotronH), MLP
+            width 1024 with relu2, no projection/MLP/attention biases (conv bias
+            kept), untied head, vocabulary 256 (3.20 M parameters). Attention
+            implementation: ``--hybrid-attn`` (default sdpa, see
+            ``HYBRID_ATTN_NOTE``); the entries carry ``attn_implementation``.
+    Their workers run with USE_HUB_KERNELS=0 and with mamba_ssm, causal_conv1d and
+    kernels made unimportable; the script checks that every kernel hook of the
+    modeling file resolved to its PyTorch reference and counts the calls of those
+    fallbacks (``torch_fallback_calls_per_step`` / ``..._per_decode_step``: the
+    chunked SSD scan in training and prefill, the recurrent state update in
+    decoding). Training: the same loss, optimiser and entry as above. Generation:
+    ``model(input_ids=prompt, use_cache=True, logits_to_keep=1)`` then
+    ``model(input_ids=token, cache=cache, use_cache=True)`` per token; the cache is
+    transformers' ``DynamicCache`` (``LinearAttentionLayer`` per Mamba layer: conv
+    and SSM state updated in place; ``DynamicLayer`` per attention layer: keys and
+    values concatenated each step; ``DummyLayer`` per MLP). The entries add
+    ``rss_growth_during_generation_mb`` (VmRSS after the timed steps minus before
+    them), ``cache_bytes_after_prefill`` / ``cache_bytes_at_end`` (the tensors the
+    cache holds), ``cache_growth_bytes_per_token_per_sequence`` and
+    ``memory_constant_in_generated_length`` (the cache did not grow; false for the
+    hybrid, whose KV cache grows by design), and, from the untimed warm-up,
+    ``max_abs_logit_diff_cached_vs_full_forward`` (cached prefill + steps against
+    one uncached forward over the same tokens).
 
 Every measurement runs in its own fresh Python process, so ``peak_rss_mb`` (the
 process's VmHWM, i.e. peak resident set size) belongs to that configuration
@@ -95,6 +130,9 @@ Usage (from the repository root)::
     .venv-bench/bin/python scripts/bench_torch.py --threads 2 > bench_torch.json
     .venv-bench/bin/python scripts/bench_torch.py --quick        # smoke test
     .venv-bench/bin/python scripts/bench_torch.py --threads 2 --tasks classify > bench_torch_classify.json
+    # Mamba-2 and hybrid stacks (training at L 2048, batch 4; generation at batch 1 and 16)
+    .venv-bench/bin/python scripts/bench_torch.py --threads 2 --train-configs mamba2,hybrid \
+        --configs mamba2,hybrid --train-steps 2 --gen-tokens 64 --skip-parity > bench_torch_stacks.json
 """
 
 import argparse
@@ -113,6 +151,76 @@ CONFIGS = {
     "mamba130m": dict(vocab_size=256, d_model=768, n_layers=24, d_state=16, d_conv=4, expand=2, dt_rank=48),
     # MambaKit's default waveform model (train --format audio): 8-bit samples, so vocabulary 256 as well.
     "audio": dict(vocab_size=256, d_model=64, n_layers=4, d_state=16, d_conv=4, expand=2, dt_rank=4),
+}
+
+# Mamba-2 (SSD) and hybrid stacks: built from transformers' Mamba2Config / NemotronHConfig with these keyword
+# arguments (``architecture`` picks the class; ``pattern`` becomes NemotronH's layers_block_type). Only the
+# ``transformers`` impl runs them.
+HYBRID_LAYER_TYPES = {"M": "linear_attention", "*": "full_attention", "-": "mlp"}
+STACK_CONFIGS = {
+    "mamba2": dict(
+        architecture="Mamba2ForCausalLM",
+        vocab_size=256,
+        hidden_size=256,
+        num_hidden_layers=4,
+        expand=2,
+        num_heads=8,
+        head_dim=64,
+        state_size=64,
+        n_groups=1,
+        chunk_size=64,
+        conv_kernel=4,
+        use_conv_bias=True,
+        use_bias=False,
+        tie_word_embeddings=True,
+    ),
+    "hybrid": dict(
+        architecture="NemotronHForCausalLM",
+        pattern="M-M*-M-",
+        vocab_size=256,
+        hidden_size=256,
+        mamba_num_heads=8,
+        mamba_head_dim=64,
+        ssm_state_size=64,
+        n_groups=1,
+        chunk_size=64,
+        conv_kernel=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=1024,
+        mlp_hidden_act="relu2",
+        use_conv_bias=True,
+        use_bias=False,
+        mlp_bias=False,
+        attention_bias=False,
+        tie_word_embeddings=False,
+    ),
+}
+CONFIGS.update(STACK_CONFIGS)
+
+# The kernel hooks of transformers' Mamba-2 / NemotronH modeling files; every one must resolve to its PyTorch
+# reference (mamba2_split_conv1d_scan_combined's reference returns None, so training takes the unfused path).
+STACK_KERNEL_HOOKS = (
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "mamba2_split_conv1d_scan_combined",
+    "mamba2_selective_state_update",
+    "mamba2_chunk_scan",
+)
+OPTIONAL_KERNEL_PACKAGES = ("mamba_ssm", "causal_conv1d", "kernels")
+
+# Attention implementations transformers offers for NemotronH on this CPU: eager and sdpa. flex_attention has no
+# backward on CPU ("FlexAttention does not support backward on CPU"), flash_attention_2/3/4 need their CUDA packages.
+HYBRID_ATTN_CHOICES = ("sdpa", "eager")
+HYBRID_ATTN_NOTE = {
+    "sdpa": (
+        "sdpa (torch.nn.functional.scaled_dot_product_attention): the faster of the two implementations transformers "
+        "offers on CPU here (eager, sdpa; flex_attention has no CPU backward, flash_attention_* need CUDA); eager "
+        "materialises the (batch, heads, L, L) scores and their softmax for the backward pass and was 1.5-3x slower "
+        "per training step at L 2048 on the 2-core reference machine (measure with --hybrid-attn sdpa,eager)"
+    ),
+    "eager": "eager (matmul + softmax in PyTorch ops), measured for comparison with the default sdpa",
 }
 
 TRAIN_IMPLS = ["transformers", "transformers-mambapy", "mambapy"]
@@ -354,17 +462,157 @@ def build_mambapy(cfg, use_pscan=True):
     return model, "; ".join(notes)
 
 
+def is_stack_config(cfg):
+    """Mamba-2 / hybrid configs (transformers' Mamba2ForCausalLM / NemotronHForCausalLM) vs the Mamba-1 ones."""
+    return "architecture" in cfg
+
+
+def block_optional_kernels():
+    """Force transformers' pure-PyTorch Mamba-2 path: no hub kernels, and the optional CUDA packages unimportable
+    even if installed (as scripts/make_fixtures*.py do). Must run before transformers is imported."""
+    os.environ["USE_HUB_KERNELS"] = "0"
+    for name in OPTIONAL_KERNEL_PACKAGES:
+        sys.modules[name] = None
+
+
+def stack_modeling_module(architecture):
+    if architecture == "Mamba2ForCausalLM":
+        from transformers.models.mamba2 import modeling_mamba2 as modeling
+    elif architecture == "NemotronHForCausalLM":
+        from transformers.models.nemotron_h import modeling_nemotron_h as modeling
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}")
+    return modeling
+
+
+def check_torch_fallbacks(modeling, model):
+    """Every kernel hook of the modeling file must be its PyTorch reference; returns a short description."""
+    import inspect
+
+    from transformers.integrations import hub_kernels
+
+    if getattr(hub_kernels, "_kernels_enabled", False):
+        raise RuntimeError("transformers' hub kernels are enabled (USE_HUB_KERNELS not honoured)")
+    if getattr(model, "_use_kernels", False):
+        raise RuntimeError("the model was kernelized")
+    for name in STACK_KERNEL_HOOKS:
+        fn = getattr(modeling, name, None)
+        if fn is None:
+            raise RuntimeError(f"{modeling.__name__} has no {name}; this transformers version is not supported")
+        nonlocals = inspect.getclosurevars(fn).nonlocals
+        if nonlocals.get("is_new_implementation", False):
+            raise RuntimeError(f"{modeling.__name__}.{name} resolved to a kernel, not the PyTorch reference")
+    return (
+        f"USE_HUB_KERNELS=0, {'/'.join(OPTIONAL_KERNEL_PACKAGES)} blocked; {', '.join(STACK_KERNEL_HOOKS)} all "
+        f"resolve to transformers' PyTorch references"
+    )
+
+
+class TorchFallbackCounter:
+    """Counts calls of the kernel hooks (all checked to be PyTorch references) of one modeling module; the mixers
+    look them up as module globals at call time."""
+
+    def __init__(self, modeling):
+        self.calls = dict.fromkeys(STACK_KERNEL_HOOKS, 0)
+        for name in STACK_KERNEL_HOOKS:
+            orig = getattr(modeling, name)
+
+            def counted(*a, _name=name, _orig=orig, **k):
+                self.calls[_name] += 1
+                return _orig(*a, **k)
+
+            setattr(modeling, name, counted)
+
+    def reset(self):
+        for k in self.calls:
+            self.calls[k] = 0
+
+    def snapshot(self):
+        return dict(self.calls)
+
+
+def build_hf_stack(cfg, attn_implementation=None):
+    """Mamba2ForCausalLM or NemotronHForCausalLM from a STACK_CONFIGS entry, pure-PyTorch path checked.
+    Returns (model, modeling module, notes)."""
+    block_optional_kernels()
+    arch = cfg["architecture"]
+    kwargs = {k: v for k, v in cfg.items() if k not in ("architecture", "pattern")}
+    kwargs.update(pad_token_id=None, bos_token_id=None, eos_token_id=None, use_cache=True)
+    modeling = stack_modeling_module(arch)
+    if arch == "Mamba2ForCausalLM":
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+
+        config = Mamba2Config(**kwargs)
+        if config.num_heads * config.head_dim != int(config.expand * config.hidden_size):
+            raise RuntimeError("num_heads * head_dim must equal expand * hidden_size")
+        model = Mamba2ForCausalLM(config)
+        if model.lm_head.weight.data_ptr() != model.backbone.embeddings.weight.data_ptr():
+            raise RuntimeError("transformers did not tie lm_head to the embedding")
+        n_mamba = config.num_hidden_layers
+        what = "Mamba2ForCausalLM"
+    else:
+        from transformers import NemotronHConfig, NemotronHForCausalLM
+
+        kwargs["layers_block_type"] = [HYBRID_LAYER_TYPES[c] for c in cfg["pattern"]]
+        attn = attn_implementation or HYBRID_ATTN_CHOICES[0]
+        config = NemotronHConfig(attn_implementation=attn, **kwargs)
+        model = NemotronHForCausalLM(config)
+        if model.config._attn_implementation != attn:
+            raise RuntimeError(f"asked for attn_implementation={attn}, got {model.config._attn_implementation}")
+        if model.lm_head.weight.data_ptr() == model.model.embeddings.weight.data_ptr():
+            raise RuntimeError("lm_head unexpectedly tied to the embedding")
+        types = [layer.block_type for layer in model.model.layers]
+        if types != kwargs["layers_block_type"]:
+            raise RuntimeError(f"layer types {types} != {kwargs['layers_block_type']}")
+        n_mamba = types.count("linear_attention")
+        what = f"NemotronHForCausalLM, layers {cfg['pattern']} ({', '.join(types)}), attn_implementation={attn}"
+    fallbacks = check_torch_fallbacks(modeling, model)
+    model.n_mamba_layers = n_mamba
+    return model, modeling, f"transformers {what}, pure-PyTorch path ({fallbacks})"
+
+
+def cache_tensor_bytes(cache):
+    """Bytes of the distinct tensors a transformers Cache holds (conv/SSM states, keys/values)."""
+    import torch
+
+    seen, total = set(), 0
+
+    def add(x):
+        nonlocal total
+        if isinstance(x, torch.Tensor):
+            if id(x) not in seen:
+                seen.add(id(x))
+                total += x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            for v in x.values():
+                add(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                add(v)
+
+    for layer in getattr(cache, "layers", []):
+        for v in vars(layer).values():
+            add(v)
+    return total
+
+
 class Impl:
     """Uniform interface over the benchmarked code paths."""
 
-    def __init__(self, name, cfg, model=None):
+    def __init__(self, name, cfg, model=None, attn_implementation=None):
         self.name = name
         self.cfg = cfg
         self.kind = "hf" if name.startswith("transformers") else "mambapy"
         self.notes = ""
         self.build_notes = ""
+        self.stack = is_stack_config(cfg)
+        self.modeling = None
+        if self.stack and name != "transformers":
+            raise ValueError(f"{cfg['architecture']} configs run only with impl transformers, not {name}")
         if model is not None:
             self.model = model
+        elif self.stack:
+            self.model, self.modeling, self.notes = build_hf_stack(cfg, attn_implementation)
         elif self.kind == "hf":
             self.model = build_hf(cfg, use_mambapy=(name == "transformers-mambapy"))
             self.notes = HF_PATH_NOTES[name]
@@ -491,9 +739,10 @@ def job_train(job):
     counter = PscanCounter()
     baseline = proc_status_mb("VmRSS")
     cfg = CONFIGS[job["config"]]
-    impl = Impl(job["impl"], cfg)
+    impl = Impl(job["impl"], cfg, attn_implementation=job.get("attn_implementation"))
     model = impl.model
     model.train()
+    fallbacks = TorchFallbackCounter(impl.modeling) if impl.stack else None
     opt = make_adamw(model)
     B, L = job["batch"], job["seq_len"]
     ids = torch.randint(0, cfg["vocab_size"], (B, L), dtype=torch.long)
@@ -511,10 +760,31 @@ def job_train(job):
     log(f"  [{job['label']}] warm-up step ...")
     t0 = time.perf_counter()
     counter.calls = 0
+    if fallbacks:
+        fallbacks.reset()
     warm_loss = step()
     warm = time.perf_counter() - t0
     pscan_calls = counter.calls
     log(f"  [{job['label']}] warm-up {warm:.2f} s, loss {warm_loss:.4f}, pscan calls {pscan_calls}")
+    stack_extra = {}
+    if fallbacks:
+        calls = fallbacks.snapshot()
+        log(f"  [{job['label']}] PyTorch fallback calls in the step: {calls}")
+        n = model.n_mamba_layers
+        if calls["mamba2_chunk_scan"] != n or calls["mamba2_split_conv1d_scan_combined"] != n:
+            raise RuntimeError(f"expected the chunked SSD scan once per Mamba layer ({n}), got {calls}")
+        if calls["mamba2_selective_state_update"] != 0:
+            raise RuntimeError(f"the recurrent step ran in training: {calls}")
+        stack_extra = {
+            "architecture": cfg["architecture"],
+            "torch_fallback_calls_per_step": calls,
+            "mamba_layers": n,
+        }
+        if "pattern" in cfg:
+            stack_extra["layer_pattern"] = cfg["pattern"]
+        if job.get("attn_implementation"):
+            stack_extra["attn_implementation"] = job["attn_implementation"]
+            stack_extra["attn_implementation_note"] = HYBRID_ATTN_NOTE[job["attn_implementation"]]
 
     expect_pscan = job["impl"] != "transformers"
     if expect_pscan and pscan_calls == 0:
@@ -527,6 +797,7 @@ def job_train(job):
         "pscan_calls_per_step": pscan_calls,
         "params": count_params(model),
         "rss_baseline_mb": baseline,
+        **stack_extra,
     }
     # If the parent has to abandon a very long timed step, it still finds this.
     write_partial(job, dict(common, partial=True, warmup_tokens_per_s=B * L / warm, peak_rss_mb=peak_rss_mb()))
@@ -574,8 +845,9 @@ def job_generate(job):
     torch = setup_torch(job["threads"], job["seed"])
     baseline = proc_status_mb("VmRSS")
     cfg = CONFIGS[job["config"]]
-    impl = Impl(job["impl"], cfg)
+    impl = Impl(job["impl"], cfg, attn_implementation=job.get("attn_implementation"))
     impl.model.eval()
+    fallbacks = TorchFallbackCounter(impl.modeling) if impl.stack else None
     dtype = job.get("dtype", "float32")
     impl.model.to(getattr(torch, dtype))
     # mambapy's step makes its first SSM state with the default dtype
@@ -584,35 +856,99 @@ def job_generate(job):
     if N < 2:
         raise ValueError("--gen-tokens must be at least 2")
     prompt = torch.randint(0, cfg["vocab_size"], (B, P), dtype=torch.long)
+    extra = {}
 
     with torch.inference_mode():
         # short untimed warm-up on a separate state
         state, logits = impl.prefill(prompt)
         tok = logits.argmax(-1)
+        warm_tokens, warm_logits = [tok], [logits]
         for _ in range(3):
             state, logits = impl.decode(tok, state)
             tok = logits.argmax(-1)
+            warm_tokens.append(tok)
+            warm_logits.append(logits)
         del state
+        if impl.stack:
+            # the cached path (chunked prefill + recurrent/KV steps) against one uncached forward over the same
+            # tokens: positions P-1 .. P+2 predict the 4 warm-up tokens
+            seq = torch.cat([prompt, torch.stack(warm_tokens[:-1], dim=1)], dim=1)
+            full = impl.model(input_ids=seq, use_cache=False).logits[:, P - 1 :].float()
+            cached = torch.stack(warm_logits, dim=1).float()
+            extra["max_abs_logit_diff_cached_vs_full_forward"] = float((cached - full).abs().max())
+            extra["greedy_tokens_match_full_forward"] = bool(torch.equal(full.argmax(-1), cached.argmax(-1)))
+            del full, cached, seq
+            fallbacks.reset()
 
+        step_seconds = []
         t0 = time.perf_counter()
         state, logits = impl.prefill(prompt)
         tok = logits.argmax(-1)
         t1 = time.perf_counter()
+        if impl.stack:
+            prefill_calls = fallbacks.snapshot()
+            fallbacks.reset()
+            cache_start = cache_tensor_bytes(state)
+            rss_start = proc_status_mb("VmRSS")
+        t_decode = time.perf_counter() if impl.stack else t1
         out = [tok]
         for _ in range(N - 1):
             state, logits = impl.decode(tok, state)
             tok = logits.argmax(-1)
             out.append(tok)
+            if impl.stack:
+                step_seconds.append(time.perf_counter())
         t2 = time.perf_counter()
+        if impl.stack:
+            rss_end = proc_status_mb("VmRSS")
+            cache_end = cache_tensor_bytes(state)
+            decode_calls = fallbacks.snapshot()
 
     generated = torch.stack(out, dim=1)
     assert generated.shape == (B, N)
-    prefill, decode = t1 - t0, t2 - t1
+    prefill, decode = t1 - t0, t2 - t_decode
     log(
         f"  [{job['label']}] prefill {prefill * 1e3:.1f} ms, decode {N - 1} steps in {decode:.2f} s "
         f"({decode / (N - 1) * 1e3:.2f} ms/step)"
     )
-    if impl.kind == "hf":
+    if impl.stack:
+        n = impl.model.n_mamba_layers
+        if decode_calls["mamba2_selective_state_update"] != n * (N - 1) or decode_calls["mamba2_chunk_scan"] != 0:
+            raise RuntimeError(f"expected the recurrent state update once per Mamba layer per step, got {decode_calls}")
+        if prefill_calls["mamba2_chunk_scan"] != n:
+            raise RuntimeError(f"expected the chunked scan once per Mamba layer in the prefill, got {prefill_calls}")
+        steps = [b - a for a, b in zip([t_decode] + step_seconds[:-1], step_seconds)]
+        median = sorted(steps)[len(steps) // 2]
+        growth = (cache_end - cache_start) / ((N - 1) * B)
+        layer_types = [type(layer).__name__ for layer in getattr(state, "layers", [])]
+        extra.update(
+            architecture=cfg["architecture"],
+            mamba_layers=n,
+            tokens_per_s_median_step=B / median,
+            ms_per_step_median=median * 1e3,
+            rss_growth_during_generation_mb=rss_end - rss_start,
+            cache_class=type(state).__name__,
+            cache_layer_classes=layer_types,
+            cache_bytes_after_prefill=cache_start,
+            cache_bytes_at_end=cache_end,
+            cache_growth_bytes_per_token_per_sequence=growth,
+            memory_constant_in_generated_length=cache_end == cache_start,
+            torch_fallback_calls_prefill=prefill_calls,
+            torch_fallback_calls_per_decode_step={k: v / (N - 1) for k, v in decode_calls.items()},
+        )
+        if "pattern" in cfg:
+            extra["layer_pattern"] = cfg["pattern"]
+        if job.get("attn_implementation"):
+            extra["attn_implementation"] = job["attn_implementation"]
+            extra["attn_implementation_note"] = HYBRID_ATTN_NOTE[job["attn_implementation"]]
+        how = (
+            f"manual greedy loop: model(input_ids=token, cache=cache, use_cache=True), one token per call; cache: "
+            f"transformers {type(state).__name__} ({', '.join(sorted(set(layer_types)))}): Mamba layers' conv and SSM "
+            f"states updated in place (recurrent step mamba2_selective_state_update)"
+            + ("; attention layers' keys/values concatenated every step (grows with the length)" if growth else "")
+        )
+        pre = "prefill: one forward over the prompt (chunked SSD scan, mamba2_chunk_scan)"
+    elif impl.kind == "hf":
         how = "manual greedy loop: model(input_ids=token, cache=cache, use_cache=True), one token per call"
         pre = "prefill: one forward over the prompt (sequential scan)"
     else:
@@ -629,6 +965,7 @@ def job_generate(job):
         "gen_tokens": N,
         "params": count_params(impl.model),
         "rss_baseline_mb": baseline,
+        **extra,
         "notes": (
             f"{impl.notes}; {how}; {pre}; seconds = decode time excluding prefill (which yields the first new "
             f"token); tokens/s = batch*(gen_tokens-1)/seconds; torch.inference_mode; {dtype} (model.to({dtype}))"
@@ -835,6 +1172,8 @@ def worker_main(job_json, out_path):
     result = {}
     rc = 0
     t0 = time.perf_counter()
+    if job.get("config") in CONFIGS and is_stack_config(CONFIGS[job["config"]]):
+        block_optional_kernels()  # before anything imports transformers
     try:
         fn = {"train": job_train, "generate": job_generate, "classify": job_classify, "env": job_env_parity}[
             job["task"]
@@ -863,7 +1202,22 @@ def worker_main(job_json, out_path):
 # --------------------------------------------------------------------------- #
 
 
-def run_worker(job, timeout, threads, omp_wait_policy=None):
+def child_status_mb(pid, field):
+    """A kB field of /proc/PID/status in MiB, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run_worker(job, timeout, threads, omp_wait_policy=None, max_rss_mb=0.0):
+    """Runs one job in a fresh process. A timeout, a crash (e.g. the kernel's OOM killer) or, with max_rss_mb > 0,
+    a resident set above max_rss_mb ends the worker and becomes an error result; the parent polls the worker's
+    VmHWM so that such an entry still has a peak_rss_mb."""
     env = dict(os.environ)
     if omp_wait_policy:
         env["OMP_WAIT_POLICY"] = omp_wait_policy
@@ -873,6 +1227,8 @@ def run_worker(job, timeout, threads, omp_wait_policy=None):
         OPENBLAS_NUM_THREADS=str(threads),
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
+        # transformers' pure-PyTorch paths only: never fetch hub kernels
+        USE_HUB_KERNELS="0",
     )
     fd, out_path = tempfile.mkstemp(prefix="bench_torch_", suffix=".json")
     os.close(fd)
@@ -889,14 +1245,31 @@ def run_worker(job, timeout, threads, omp_wait_policy=None):
 
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=None, stdin=subprocess.DEVNULL)
-        try:
-            rc = proc.wait(timeout=timeout)
-            why = None
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = None
-            why = f"timed out after {timeout:.0f} s"
+        why, rc, polled_peak = None, None, None
+        deadline = t0 + timeout
+        while True:
+            try:
+                rc = proc.wait(timeout=max(0.0, min(0.5, deadline - time.perf_counter())))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            hwm = child_status_mb(proc.pid, "VmHWM")
+            if hwm is not None:
+                polled_peak = max(polled_peak or 0.0, hwm)
+            if max_rss_mb and max_rss_mb > 0:
+                rss = child_status_mb(proc.pid, "VmRSS")
+                if rss is not None and rss > max_rss_mb:
+                    proc.kill()
+                    proc.wait()
+                    rc = None
+                    why = f"resident memory {rss:.0f} MB exceeded --job-max-rss-mb {max_rss_mb:.0f}; worker killed"
+                    break
+            if time.perf_counter() >= deadline:
+                proc.kill()
+                proc.wait()
+                rc = None
+                why = f"timed out after {timeout:.0f} s"
+                break
         res = read_result()
         if why is None and rc < 0:
             why = f"worker killed by signal {-rc}" + (" (out of memory?)" if -rc == 9 else "")
@@ -910,6 +1283,9 @@ def run_worker(job, timeout, threads, omp_wait_policy=None):
                 what = "pass" if job.get("task") == "classify" else "step"
                 res["error"] += f"; only the warm-up {what} finished (its numbers are included)"
                 res.update(partial)
+            if polled_peak is not None and polled_peak > (res.get("peak_rss_mb") or 0.0):
+                # the worker's VmHWM as last seen by the parent (it may have grown further before it ended)
+                res["peak_rss_mb"] = polled_peak
         elif res.get("partial"):
             what = "pass" if job.get("task") == "classify" else "step"
             res = {"error": f"worker exited with code {rc} after the warm-up {what}", **res}
@@ -960,31 +1336,48 @@ def plan(args):
     for c in configs:
         if c not in CONFIGS:
             raise SystemExit(f"unknown config {c!r}; choose from {sorted(CONFIGS)}")
+    attns = hybrid_attns(args)
+
+    def variants(cfg_name, impl_names):
+        """(impl, extra job fields) pairs for a config: Mamba-1 configs run every listed impl; the Mamba-2 / hybrid
+        stacks only transformers (the hybrid once per --hybrid-attn implementation)."""
+        cfg = CONFIGS[cfg_name]
+        if not is_stack_config(cfg):
+            return [(impl, {}) for impl in impl_names if not impls or impl in impls]
+        if impls and "transformers" not in impls:
+            log(f"note: config {cfg_name} runs only with impl transformers, which --impls excludes")
+            return []
+        if "pattern" in cfg:
+            return [("transformers", {"attn_implementation": a}) for a in attns]
+        return [("transformers", {})]
+
     base = dict(threads=args.threads, seed=args.seed)
-    train_jobs = []
+    train_jobs, slow_train_jobs = [], []
     if "train" in tasks:
-        for impl in TRAIN_IMPLS:
-            if impls and impl not in impls:
-                continue
-            L = args.train_seq_len
-            if impl == "transformers" and args.slow_train_seq_len:
-                L = args.slow_train_seq_len
-            train_jobs.append(
-                dict(
-                    base,
-                    task="train",
-                    impl=impl,
-                    config=args.train_config,
-                    batch=args.train_batch,
-                    seq_len=L,
-                    steps=args.train_steps,
-                    slow_step_seconds=args.slow_step_seconds,
-                    reuse_warmup_seconds=args.reuse_warmup_seconds,
-                    max_grad_norm=args.max_grad_norm,
+        for train_config in train_configs(args):
+            for impl, extra in variants(train_config, TRAIN_IMPLS):
+                L = args.train_seq_len
+                # only Mamba-1's sequential transformers scan is slow (quadratic backward); the stacks' is chunked
+                slow = impl == "transformers" and not is_stack_config(CONFIGS[train_config])
+                if slow and args.slow_train_seq_len:
+                    L = args.slow_train_seq_len
+                (slow_train_jobs if slow else train_jobs).append(
+                    dict(
+                        base,
+                        task="train",
+                        impl=impl,
+                        config=train_config,
+                        batch=args.train_batch,
+                        seq_len=L,
+                        steps=args.train_steps,
+                        slow_step_seconds=args.slow_step_seconds,
+                        reuse_warmup_seconds=args.reuse_warmup_seconds,
+                        max_grad_norm=args.max_grad_norm,
+                        **extra,
+                    )
                 )
-            )
     # the sequential transformers path can take very long: run it last
-    jobs.extend(j for j in train_jobs if j["impl"] != "transformers")
+    jobs.extend(train_jobs)
     if "generate" in tasks:
         dtypes = args.gen_dtypes.split(",")
         for d in dtypes:
@@ -993,9 +1386,7 @@ def plan(args):
         for cfg in configs:
             for dtype in dtypes:
                 for b in [int(x) for x in args.gen_batches.split(",")]:
-                    for impl in GEN_IMPLS:
-                        if impls and impl not in impls:
-                            continue
+                    for impl, extra in variants(cfg, GEN_IMPLS):
                         jobs.append(
                             dict(
                                 base,
@@ -1007,6 +1398,7 @@ def plan(args):
                                 prompt_len=args.prompt_len,
                                 gen_tokens=args.gen_tokens,
                                 dtype=dtype,
+                                **extra,
                             )
                         )
     if "classify" in tasks:
@@ -1027,12 +1419,31 @@ def plan(args):
                         min_seconds=args.classify_seconds,
                     )
                 )
-    jobs.extend(j for j in train_jobs if j["impl"] == "transformers")
+    jobs.extend(slow_train_jobs)
     for j in jobs:
-        j["label"] = f"{j['task']} {j['impl']} {j['config']} B={j['batch']} L={j['seq_len']}" + (
-            f" {j['dtype']}" if j.get("dtype", "float32") != "float32" else ""
+        j["label"] = (
+            f"{j['task']} {j['impl']} {j['config']} B={j['batch']} L={j['seq_len']}"
+            + (f" {j['dtype']}" if j.get("dtype", "float32") != "float32" else "")
+            + (f" attn={j['attn_implementation']}" if j.get("attn_implementation") else "")
         )
     return jobs
+
+
+def train_configs(args):
+    """--train-configs (comma-separated) if given, else --train-config."""
+    names = (args.train_configs or args.train_config).split(",")
+    for c in names:
+        if c not in CONFIGS:
+            raise SystemExit(f"unknown training config {c!r}; choose from {sorted(CONFIGS)}")
+    return names
+
+
+def hybrid_attns(args):
+    attns = args.hybrid_attn.split(",")
+    for a in attns:
+        if a not in HYBRID_ATTN_CHOICES:
+            raise SystemExit(f"unknown --hybrid-attn {a!r}; choose from {', '.join(HYBRID_ATTN_CHOICES)}")
+    return attns
 
 
 def load_average():
@@ -1053,7 +1464,12 @@ def make_entry(job, res):
         entry["seconds_per_batch"] = rnd(res.get("seconds_per_batch"), 4)
     entry["seconds"] = rnd(res.get("seconds"), 4)
     entry["peak_rss_mb"] = rnd(res.get("peak_rss_mb"), 1)
-    if job["task"] == "train":
+    stack = CONFIGS.get(job.get("config"), {}).get("architecture")
+    if stack:
+        default_note = f"transformers {stack}, pure-PyTorch path" + (
+            f", attn_implementation={job['attn_implementation']}" if job.get("attn_implementation") else ""
+        )
+    elif job["task"] == "train":
         default_note = HF_PATH_NOTES.get(job["impl"], "mambapy language model, pscan=True")
     elif job["task"] == "classify":
         default_note = (
@@ -1067,11 +1483,13 @@ def make_entry(job, res):
         entry["error"] = res["error"]
         if "traceback" in res:
             entry["traceback"] = res["traceback"]
+    if job.get("attn_implementation"):
+        entry["attn_implementation"] = job["attn_implementation"]
     for k, v in res.items():
         if k in entry or k in ("error", "traceback", "process_seconds"):
             continue
         if isinstance(v, float):
-            v = rnd(v, 4)
+            v = rnd(v, 8 if "_diff" in k else 4)  # logit differences are ~1e-6
         elif isinstance(v, list):
             v = [rnd(x, 4) if isinstance(x, float) else x for x in v]
         entry[k] = v
@@ -1092,6 +1510,17 @@ def main(argv=None):
     )
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-config", default="reference", help="training config (default reference)")
+    p.add_argument(
+        "--train-configs",
+        default=None,
+        help="training configs, comma-separated (e.g. reference,mamba2,hybrid); replaces --train-config when given",
+    )
+    p.add_argument(
+        "--hybrid-attn",
+        default=HYBRID_ATTN_CHOICES[0],
+        help=f"attention implementation(s) for the hybrid config, comma-separated, each measured as its own entry: "
+        f"{', '.join(HYBRID_ATTN_CHOICES)} (default {HYBRID_ATTN_CHOICES[0]}, the fastest on CPU)",
+    )
     p.add_argument("--train-steps", type=int, default=None, help="timed training steps (default 3)")
     p.add_argument(
         "--slow-step-seconds",
@@ -1115,7 +1544,9 @@ def main(argv=None):
         default="float32",
         help="generation: model dtypes, comma-separated (float32, bfloat16, float16; default float32)",
     )
-    p.add_argument("--configs", default="reference,mamba130m", help="generation configs")
+    p.add_argument(
+        "--configs", default="reference,mamba130m", help=f"generation configs (comma-separated; {', '.join(CONFIGS)})"
+    )
     p.add_argument(
         "--tasks",
         default="train,generate",
@@ -1152,6 +1583,13 @@ def main(argv=None):
         "--job-timeout", type=float, default=10800.0, help="seconds before a measurement is abandoned (default 10800)"
     )
     p.add_argument(
+        "--job-max-rss-mb",
+        type=float,
+        default=0.0,
+        help="end a measurement whose resident memory exceeds this many MB and record an error entry (default 0: "
+        "no limit; a worker killed by the kernel's OOM killer is recorded as an error entry either way)",
+    )
+    p.add_argument(
         "--output", default=None, help="also write the JSON to this file (rewritten after every entry, with complete=false)"
     )
     p.add_argument("--worker-job", default=None, help=argparse.SUPPRESS)
@@ -1177,6 +1615,8 @@ def main(argv=None):
     if args.classify_min_passes < 1:
         raise SystemExit("--classify-min-passes must be >= 1")
     parse_tasks(args)
+    train_configs(args)
+    hybrid_attns(args)
     workloads = classify_workloads(args)
     if args.quick and args.slow_train_seq_len is None:
         args.slow_train_seq_len = min(QUICK["slow_train_seq_len"], args.train_seq_len)
@@ -1211,6 +1651,9 @@ def main(argv=None):
             "classify_classes": CLASSIFY_CLASSES,
             "classify_config": "reference",
             "configs": {k: CONFIGS[k] for k in CONFIGS},
+            "train_configs": train_configs(args),
+            "hybrid_attn_implementations": hybrid_attns(args),
+            "job_max_rss_mb": args.job_max_rss_mb or None,
             "dtype": "float32 (generation: --gen-dtypes " + args.gen_dtypes + ")",
             "isolation": "one fresh process per entry; peak_rss_mb = VmHWM of that process",
         },
@@ -1253,7 +1696,7 @@ def main(argv=None):
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job['label']} ...")
         la = load_average()
-        res, wall = run_worker(job, args.job_timeout, args.threads, wp)
+        res, wall = run_worker(job, args.job_timeout, args.threads, wp, args.job_max_rss_mb)
         entry = make_entry(job, res)
         entry["load_average_1m_at_start"] = la
         results.append(entry)

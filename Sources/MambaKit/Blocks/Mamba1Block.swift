@@ -372,16 +372,8 @@ public final class Mamba1Block: Block {
                 for item in lo..<hi {
                     let b = item / blocks, d0 = (item % blocks) * 16
                     let w = min(16, ED - d0)
-                    let c = ctxAll + b * (K - 1) * ED + d0
-                    let xv = loadF16x(xzp + b * 2 * ED + d0, w)
-                    var acc = cb.map { loadF16x($0 + d0, w) } ?? F16x()
-                    for k in 0..<(K - 1) { acc = acc + loadF16x(cw + k * ED + d0, w) * loadF16x(c + k * ED, w) }
-                    acc = acc + loadF16x(cw + (K - 1) * ED + d0, w) * xv
-                    if K > 1 {
-                        for k in 0..<(K - 2) { storeF16x(loadF16x(c + (k + 1) * ED, w), c + k * ED, w) }
-                        storeF16x(xv, c + (K - 2) * ED, w)
-                    }
-                    storeF16x(siluSIMD(acc), up + b * ED + d0, w)
+                    CausalConv1d.stepSiLU(out: up + b * ED, x: xzp + b * 2 * ED, context: ctxAll + b * (K - 1) * ED,
+                                          tapsT: cw, bias: cb, C: ED, K: K, c0: d0, w: w)
                 }
             }
             ctx.project(xdbl.ptr, ldbc, u.ptr, ED, p.ptr(v.xW), half?.xW, nil, I: ED, O: ldbc)

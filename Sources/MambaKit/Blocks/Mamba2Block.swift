@@ -452,16 +452,8 @@ public final class Mamba2Block: Block {
                 for item in lo..<hi {
                     let b = item / blocks, c0 = (item % blocks) * 16
                     let w = min(16, C - c0)
-                    let c = ctxAll + b * (K - 1) * C + c0
-                    let xv = loadF16x(zx + b * W + ED + c0, w)
-                    var acc = cb.map { loadF16x($0 + c0, w) } ?? F16x()
-                    for j in 0..<(K - 1) { acc = acc + loadF16x(cw + j * C + c0, w) * loadF16x(c + j * C, w) }
-                    acc = acc + loadF16x(cw + (K - 1) * C + c0, w) * xv
-                    if K > 1 {
-                        for j in 0..<(K - 2) { storeF16x(loadF16x(c + (j + 1) * C, w), c + j * C, w) }
-                        storeF16x(xv, c + (K - 2) * C, w)
-                    }
-                    storeF16x(siluSIMD(acc), xo + b * C + c0, w)
+                    CausalConv1d.stepSiLU(out: xo + b * C, x: zx + b * W + ED, context: ctxAll + b * (K - 1) * C,
+                                          tapsT: cw, bias: cb, C: C, K: K, c0: c0, w: w)
                 }
             }
             k.delta(out: delta.ptr, raw: zxbcdt.ptr + ED + C, ldraw: W, bias: p.ptr(k.dtBias), rows: B)

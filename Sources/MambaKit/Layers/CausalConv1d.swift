@@ -136,6 +136,24 @@ public enum CausalConv1d {
         }
     }
 
+    /// One recurrent step of the conv and the SiLU after it, for channels c0 ..< c0 + w (w ≤ 16) of one sequence:
+    /// out = SiLU(bias + Σ_k w_k · context_k + w_{K−1} · x), then the context (the last K−1 inputs, `(K−1, C)` rows
+    /// of C channels) shifts by one and takes x. `tapsT` is the weight transposed to `(K, C)`.
+    @inline(__always)
+    static func stepSiLU(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, context: UnsafeMutablePointer<Float>,
+                         tapsT: UnsafePointer<Float>, bias: UnsafePointer<Float>?, C: Int, K: Int, c0: Int, w: Int) {
+        let c = context + c0
+        let xv = loadF16x(x + c0, w)
+        var acc = bias.map { loadF16x($0 + c0, w) } ?? F16x()
+        for k in 0..<(K - 1) { acc = acc + loadF16x(tapsT + k * C + c0, w) * loadF16x(c + k * C, w) }
+        acc = acc + loadF16x(tapsT + (K - 1) * C + c0, w) * xv
+        if K > 1 {
+            for k in 0..<(K - 2) { storeF16x(loadF16x(c + (k + 1) * C, w), c + k * C, w) }
+            storeF16x(xv, c + (K - 2) * C, w)
+        }
+        storeF16x(siluSIMD(acc), out + c0, w)
+    }
+
     /// The last K−1 inputs of each sequence, `(B, K−1, ED)`, continuing `context` when L < K−1: the context for
     /// the next chunk (or the conv state for recurrent steps).
     public static func nextContext(into next: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
