@@ -1,6 +1,6 @@
 /// Causal multi-head softmax attention with grouped KV heads (GQA): the core of NemotronH's `full_attention`
-/// (transformers `NemotronHAttention`, arXiv 2406.07887) with no positional encoding; the q, k, v and o projections
-/// are the caller's. Forward and backward follow FlashAttention-2 (arXiv 2307.08691, Algorithms 1 and 2).
+/// (transformers `NemotronHAttention`, arXiv 2406.07887), no positional encoding; the q, k, v and o projections are
+/// the caller's. Forward and backward follow FlashAttention-2 (arXiv 2307.08691, Algorithms 1 and 2).
 ///
 /// Letters: B batch, H query heads, Hkv KV heads, G = H/Hkv (query head h reads KV head h / G), Dh head dim,
 /// Lq queries, Lk keys, T = `tile` (64). Query i sits at position qOffset + i, key j at j; query i sees j ≤ qOffset + i.
@@ -9,33 +9,37 @@
 ///     o_i  = Σ_j p_ij v_j
 ///     backward, given dO:  D_i = dO_i·o_i (= Σ_j p_ij dP_ij)   dP_ij = dO_i·v_j   dS_ij = p_ij (dP_ij − D_i)
 ///     dq_i += scale Σ_j dS_ij k_j     dk_j += scale Σ_i dS_ij q_i     dv_j += Σ_i p_ij dO_i
-///     (dk and dv of a KV head sum over the G query heads of its group)
+///     (dk and dv of a KV head sum over the G query heads of its group, in a fixed order)
 ///
-/// Saved for backward: the output O and `lse` (B, H, Lq), both O(L). P is never stored: backward recomputes it tile
-/// by tile as exp(S − lse), so neither pass ever holds an Lq × Lk matrix.
+/// Saved for backward: the output O `(B, Lq, H·Dh)` and lse `(B, H, Lq)`, both O(L). P is never stored: backward
+/// recomputes it tile by tile as exp(S − lse).
 ///
-/// Forward (online softmax): per (b, h, query tile of T rows), key tiles run left to right up to the diagonal, with
-/// a running max m and sum l per query: m' = max(m, rowmax S), l' = e^(m−m')·l + Σ_j e^(s_ij−m'), O' = e^(m−m')·O +
-/// P·V; at the end O/l and lse = m + log l. Exponentials only see arguments ≤ 0 (masked scores are −∞ → exactly 0).
-/// Scratch per thread: Qᵀ (Dh × T), one score tile (T × T), Oᵀ (Dh × T), m and l: (2·Dh + T + 2)·T floats, the same
-/// for every L. Key tiles wholly above the diagonal are skipped (half the work).
+/// Memory, never an Lq × Lk matrix. Forward, per thread: the state of one query tile for the G heads of a group
+/// (Qᵀ and the output accumulator Oᵀ, Dh × T each, the running max and sum), one score tile (T × T) and one K and one
+/// V tile (T × Dh) — G·(2·Dh + 2)·T + T² + 2·T·Dh floats whatever L. Backward, per thread: the packed queries of one
+/// group (Qᵀ, dOᵀ, Q and dO rows, D, lse) and, on the one-pass schedule, their dq accumulators: O(G·L·Dh).
 ///
-/// Layout of the tiles ("query lanes"): queries run along the 16 SIMD lanes. Qᵀ is packed once per query tile; then
-/// Sᵀ = K·Qᵀ (T × T), Oᵀ += Vᵀ·Pᵀ, and in backward dPᵀ = V·dOᵀ, dq's Qᵀ-shaped accumulator += Kᵀ·dSᵀ, all read K and
-/// V where they lie (a K or V element is broadcast, a row of 16 queries is one vector), and the softmax statistics
-/// (max, sum, lse, D) are per-lane vectors: no horizontal reductions and no per-tile transposes. dK and dV (keys ×
-/// Dh lanes) read Q and dO rows where they lie (copied to 16-float padded rows when Dh % 16 ≠ 0). Every product is one
-/// register-blocked micro-kernel (4 rows × 16 lanes, one fused multiply-add per term, in order), so an element's bits
-/// depend only on its inputs: results are the same for any thread count, and a chunked forward gives the bits of the
-/// whole one. Very short query blocks (Lq < 8, e.g. generation) take a row-at-a-time path that vectorises over Dh.
+/// Forward (online softmax): per (b, KV head, query tile of T rows), key tiles run left to right up to the diagonal
+/// (tiles above it are skipped: half the work) with a running max m and sum l per query: m' = max(m, max_j s_ij),
+/// l' = e^(m−m')·l + Σ_j e^(s_ij−m'), O' = e^(m−m')·O + P·V; at the end O/l and lse = m + log l. Exponentials only see
+/// arguments ≤ 0; a masked score is −∞, whose exponential is exactly 0. Calls with Lq ≤ `rowPathMaxQueries`
+/// (generation) take one query row at a time, dot products over Dh, with the same recurrence.
 ///
-/// Backward (training shapes Lq = Lk, qOffset = 0): Qᵀ, dOᵀ, D and lse are first packed per (b, h) (O(B·H·L·Dh), the
-/// size of q and dO). Then either one pass per (b, KV head) — key tiles in order, for each the G heads and the query
-/// tiles at or below the diagonal, adding dS·K into a per-thread Qᵀ-shaped dq accumulator — or, when B·Hkv would
-/// leave threads idle, two passes: dK/dV per (b, KV head, key tile) and dQ per (b, head, query tile), each recomputing
-/// P. Both run every tile pair through the same code in the same order, so they give the same bits.
+/// Tile layout ("query lanes"): queries run along the 16 SIMD lanes. Qᵀ is packed once per query tile; Sᵀ = K·Qᵀ and
+/// Oᵀ += Vᵀ·Pᵀ (in backward also dPᵀ = V·dOᵀ and dQᵀ += Kᵀ·dSᵀ) broadcast one K or V element against 16 queries, and
+/// the softmax statistics (m, l, lse, D) are per-lane vectors: no horizontal sums, no per-tile transposes. dK += dSᵀ·Q
+/// and dV += Pᵀ·dO put Dh on the lanes and read packed Q and dO rows. K and V tiles are first copied to contiguous
+/// scratch (rows of a fused qkv projection lie a power of two apart and would share L1 sets). Every product is one
+/// register-blocked micro-kernel (6 rows × 16 lanes held in registers, one fused multiply-add per term, in order), so
+/// each element's bits depend only on its own inputs: results are the same for every thread count, and a chunked
+/// forward (KV cache) gives the bits of the whole one.
 ///
-/// `forwardReference` / `backwardReference` are the plain twins (whole score rows, Double accumulation).
+/// Backward (training shapes: Lq = Lk, qOffset = 0): either one pass per (b, KV head) — key tiles in order, for each
+/// the G heads and the query tiles at or below the diagonal, dS·K added into per-thread dQᵀ accumulators — or, when
+/// B·Hkv would leave threads idle, two passes: dK/dV per (b, KV head, key tile), then dQ per (b, head, query tile),
+/// each recomputing P. Both run every tile pair through the same code in the same order: the same bits.
+///
+/// `forwardReference` and `backwardReference` are the plain twins (whole score rows, one query at a time, Double).
 public struct AttentionDims: Sendable, Equatable, CustomStringConvertible {
     public var B: Int
     public var H: Int
@@ -74,13 +78,13 @@ public struct AttentionDims: Sendable, Equatable, CustomStringConvertible {
 
 public enum Attention {
     /// Query and key tile size T (a multiple of 16).
-    public static let tile: Int = { if let s = getenv("ATTN_TILE"), let t = Int(String(cString: s)) { return t }; return 64 }()
-    /// Below this many queries per call the forward runs row by row (vectorised over Dh) instead of in tiles.
+    public static let tile = 64
+    /// Calls with at most this many queries run row by row (dot products over Dh) instead of in 16-lane tiles.
     public static let rowPathMaxQueries = 4
 
     /// How backward spreads its work over threads; all three give the same bits.
     public enum BackwardSchedule: Sendable {
-        /// One pass when B·Hkv keeps the threads busy, else two.
+        /// One pass unless B·Hkv units would leave threads idle, then two.
         case automatic
         /// Threads over (b, KV head); dq, dk and dv in one sweep (5 tile products per tile pair).
         case onePass
@@ -148,10 +152,12 @@ public enum Attention {
     private static func forwardPlan(_ d: AttentionDims) -> (rows: Bool, items: Int, grain: Int, workers: Int) {
         let rows = d.Lq <= rowPathMaxQueries
         let items = d.B * d.Hkv * (rows ? d.Lq : (d.Lq + tile - 1) / tile)
-        // Multiply-adds per item (about): keys seen × Dh × 2 products × query lanes × G; ≥ ~½ M per thread.
+        // Multiply-adds per item (about): keys seen × Dh × 2 products × query lanes × G. A thread is worth ½ M of
+        // them on the tiled path; a generation step (rows) is split only from 2 M (measured: at B = 1, Lk = 2048 two
+        // threads took 117 µs where one took 83 — the wake-up, and each KV head's cache in the other core's L2).
         let keys = d.qOffset + (rows ? 1 : min(d.Lq, tile)) + d.Lq / 2
         let lanes = rows ? 1 : min(tile, padded(d.Lq))
-        let grain = max(1, (1 << 19) / max(1, 2 * keys * d.Dh * lanes * d.group))
+        let grain = max(1, (rows ? 1 << 21 : 1 << 19) / max(1, 2 * keys * d.Dh * lanes * d.group))
         return (rows, items, grain, Parallel.workers(for: items, grain: grain))
     }
 
@@ -417,43 +423,46 @@ public enum Attention {
         var L: Int { d.Lq }
         var nT: Int { (d.Lq + tile - 1) / tile }
         var Dhp: Int { padded(d.Dh) }
-        /// Floats of one packed query tile: Qᵀ (Dh × T), dOᵀ (Dh × T), Q rows (T × Dhp), dO rows (T × Dhp), D (T),
-        /// lse (T). Padded lanes have Qᵀ = dOᵀ = D = 0 and lse = +∞, so their P and dS are 0.
-        var packSize: Int { 2 * d.Dh * tile + 2 * tile * Dhp + 2 * tile }
-        /// The fixed tiles of a worker: K and V (T × Dh), P and dS (T × T), dK and dV (T × Dhp).
-        var tileFloats: Int { 2 * tile * d.Dh + 2 * tile * tile + 2 * tile * Dhp }
+        var packSize: Int { packFloats(d.Dh) }
+        var tileFloats: Int { fixedTileFloats(d.Dh) }
     }
+
+    /// Floats of one packed query tile: Qᵀ (Dh × T), dOᵀ (Dh × T), Q rows (T × Dhp), dO rows (T × Dhp), D (T),
+    /// lse (T). Padded lanes have Qᵀ = dOᵀ = D = 0 and lse = +∞, so their P and dS are 0.
+    private static func packFloats(_ Dh: Int) -> Int { 2 * Dh * tile + 2 * tile * padded(Dh) + 2 * tile }
+
+    /// The fixed tiles of a backward worker: K and V (T × Dh), P and dS (T × T), dK and dV (T × Dhp).
+    private static func fixedTileFloats(_ Dh: Int) -> Int { 2 * tile * Dh + 2 * tile * tile + 2 * tile * padded(Dh) }
 
     private static func backwardPlan(_ d: AttentionDims, _ schedule: BackwardSchedule)
         -> (onePass: Bool, grain: Int, workers: Int, perWorker: Int) {
-        let T = tile, nT = (d.Lq + T - 1) / T, dhp = padded(d.Dh), G = d.group
-        let packSize = 2 * d.Dh * T + 2 * T * dhp + 2 * T
-        let tiles = 2 * T * d.Dh + 2 * T * T + 2 * T * dhp
+        let T = tile, nT = (d.Lq + T - 1) / T, G = d.group
+        let packSize = packFloats(d.Dh), tiles = fixedTileFloats(d.Dh)
         // Multiply-adds of one (b, KV head): G heads × ~nT²/2 tile pairs × 5 products of T·T·Dh.
         let unitWork = G * max(1, nT * (nT + 1) / 2) * 5 * T * T * d.Dh
         let units = d.B * d.Hkv
         let unitGrain = max(1, (1 << 22) / unitWork)
+        let grain = max(1, (1 << 22) / max(1, unitWork / nT))
         let onePass: Bool
         switch schedule {
         case .onePass: onePass = true
         case .twoPass: onePass = false
         case .automatic:
-            // One pass does 5 tile products per tile pair, two passes 7 and more packing (measured: ~1.35× the
-            // time); one pass wins unless its (b, KV head) units would leave more than a quarter of the threads idle.
-            let t = Parallel.workers(for: units, grain: unitGrain)
+            // One pass runs 5 tile products per tile pair, two passes 7 plus repeated packing: measured 1.75× the
+            // time. One pass hands each thread ⌈units / t⌉ whole units, two passes spread evenly over t threads.
+            let t = Parallel.workers(for: units * nT, grain: grain)
             let rounds = (units + t - 1) / t
-            onePass = t == 1 || 4 * units >= 3 * t * rounds
+            onePass = 4 * t * rounds <= 7 * units
         }
         if onePass {
             return (true, unitGrain, Parallel.workers(for: units, grain: unitGrain),
                     tiles + G * nT * packSize + G * nT * d.Dh * T)
         }
-        let grain = max(1, (1 << 22) / max(1, unitWork / nT))
         let workers = max(Parallel.workers(for: units * nT, grain: grain), Parallel.workers(for: d.B * d.H * nT, grain: grain))
         return (false, grain, workers, tiles + max(G * nT * packSize, packSize + d.Dh * T))
     }
 
-    /// Packs query tile qt of head bh (see `BackwardArgs.packSize`) into `dst`; D = rowsum(dO ∘ O) in Float, in order.
+    /// Packs query tile qt of head bh (see `packFloats`) into `dst`; D = rowsum(dO ∘ O) in Float, in order.
     private static func packQueryTile(_ a: BackwardArgs, bh: Int, qt: Int, dst: UnsafeMutablePointer<Float>) {
         let d = a.d, Dh = d.Dh, T = tile, Dhp = a.Dhp
         let b = bh / d.H, h = bh % d.H
