@@ -1,8 +1,9 @@
 import COpenBLAS
 import Dispatch
 
-/// The one thread setting of MambaKit: our own parallel loops and OpenBLAS share it, and BLAS is only ever called
-/// from outside our parallel regions, so the two never oversubscribe the cores.
+/// The one thread setting of MambaKit: our own parallel loops and OpenBLAS share it, and BLAS is called from outside
+/// our parallel regions, so the two never oversubscribe the cores. The one exception is the SSD scan's 64³ chunk
+/// products (`SSD.blasProducts`), which OpenBLAS runs on the calling thread (its small-matrix path).
 ///
 /// Work is split statically (worker `w` of `T` always takes the same index range), so results depend on the thread
 /// count but never on scheduling: the same seed, data and thread count give the same bits.

@@ -1,45 +1,46 @@
-/// The state-space dual (SSD) scan of Mamba-2 (arXiv 2405.21060 §6–7; state-spaces/mamba `ssd_minimal.py` and
-/// `mamba2.py`; HF `Mamba2Mixer.torch_forward`, whose cache path is the recurrence). Per sequence b and head h of
-/// group g = h / (H/G), with S_{−1} = h0 (or 0):
+import COpenBLAS
+
+/// The state-space dual (SSD) scan of Mamba-2 (arXiv 2405.21060 §6–7; state-spaces/mamba `ssd_minimal.py`,
+/// `mamba2.py`; HF `Mamba2Mixer.torch_forward`, whose cache path is the recurrence). Per sequence b and head h of group
+/// g = h / (H/G), with S_{−1} = h0 (or 0), S (P × N), x_t ∈ R^P, B_t, C_t ∈ R^N (those of group g):
 ///
-///     S_t = exp(Δ_t·A_h)·S_{t−1} + Δ_t · x_t ⊗ B_t          S (P × N), x_t ∈ R^P, B_t, C_t ∈ R^N (group g)
-///     y_t = S_t·C_t + D_h·x_t
+///     S_t = exp(Δ_t·A_h)·S_{t−1} + Δ_t · x_t ⊗ B_t          y_t = S_t·C_t + D_h·x_t
 ///
-/// Chunked form (chunk of Q steps starting at t0, q ≤ Q rows; cum_t = Σ_{τ≤t} Δ_τ·A inside the chunk):
+/// Chunked (training): a chunk of q ≤ Q steps with cum_t = Σ_{τ≤t} Δ_τ·A (inside the chunk), e_t = exp(cum_t),
+/// w_s = exp(cum_end − cum_s)·Δ_s, and M = C Bᵀ ∘ exp(cum_t − cum_s) ∘ Δ_s (lower triangular, s ≤ t):
 ///
-///     y_t   = Σ_{s≤t} (C_t·B_s)·exp(cum_t − cum_s)·Δ_s · x_s  +  exp(cum_t)·S_in·C_t  +  D·x_t
-///           = (M X)_t + (diag(e^cum) C S_inᵀ)_t + D·x_t,          M = C Bᵀ ∘ exp(segsum) ∘ Δ  (lower triangular)
-///     S_out = exp(cum_end)·S_in + Σ_s w_s·x_s ⊗ B_s,                w_s = exp(cum_end − cum_s)·Δ_s
+///     Y = (M + D·I) X + diag(e) C S_inᵀ          S_out = e_end·S_in + Xᵀ diag(w) B
 ///
-/// Every product is a small matrix product done by one register-tiled SIMD kernel (`tileProduct`, 6 rows × 16
-/// columns, AVX2/FMA), skipping the zero half of triangular operands. C Bᵀ is computed once per (b, group, chunk) and
-/// shared by the group's heads. Decays are exp of differences of in-chunk cumulative sums (kept as two Floats, hi + lo,
-/// so the difference loses nothing to cancellation), only ever for s ≤ t, so exp never sees a positive argument; an
-/// argument below −87 is taken as −87 (e^−87 ≈ 1.6e−38 instead of 0).
+/// C Bᵀ is computed once per (b, group, chunk) and shared by the group's heads. Decays are exp of differences of
+/// in-chunk cumulative sums, summed in Double and kept as hi + lo Floats (no cancellation in the difference), taken
+/// only for s ≤ t (exp never sees a positive argument); a decay below e^−60 is exactly 0 (see `expNonPositive`).
 ///
-/// Saved for backward: the state entering every chunk, `chunkStates` (B, ⌈L/Q⌉, H, P, N). Memory: forward needs
-/// per-thread scratch of O(Q² + (Q + H/G·N)·P) floats; backward adds one transient buffer of the size of
-/// `chunkStates` (the gradient leaving every chunk) — nothing grows with L·N·P beyond that.
+/// Products: triangular ones (C Bᵀ, M X, dY Xᵀ, Mᵀ dY, dCB B, dCBᵀ C) run on our register-tiled AVX2 kernel
+/// (`tileProduct`, 6 × 16 tiles, skipping the zero half); the full ones (Ce Sᵀ, Xᵀ diag(w) B and the backward's four)
+/// run on it too, or on `cblas_sgemm` where OpenBLAS has AVX-512 kernels (`SSD.blasProducts`).
 ///
-/// Backward (hand-derived; notation above, dY = ∂ℓ/∂y, dS_out = ∂ℓ/∂S_out of a chunk):
-///   1. Per (b, h), chunks in reverse: dS_out(c−1) = dS_in(c) = exp(cum_end)·dS_out(c) + dYᵀ diag(e^cum) C; the last
-///      chunk's dS_out is dhOut, and dS_in of chunk 0 is dh0. All dS_out are stored (phase 1).
-///   2. Per (b, group, chunk), heads in order (phase 2):
-///      dX = (M + D·I)ᵀ dY + diag(w) B dS_outᵀ;  dD = Σ ⟨dY, X⟩;  dM = dY Xᵀ (lower);
-///      dCBᵀ-sum over the group's heads: dCB += dM ∘ exp(segsum) ∘ Δ_s;  dΔ_s += Σ_t dM_ts·CB_ts·exp(cum_t − cum_s);
-///      the decay terms go to dcum: dcum_t += Σ_s dM_ts M_ts, dcum_s −= Σ_t dM_ts M_ts; from y_off
-///      (dCe = dY S_in): dC_t += e_t·dCe_t, dcum_t += e_t ⟨dCe_t, C_t⟩; from S_out (T = X dS_out):
-///      dB_s += w_s T_s, dw_s = ⟨B_s, T_s⟩ → dΔ_s += exp(cum_end − cum_s)·dw_s, dcum_end += w_s dw_s, dcum_s −= w_s dw_s,
-///      and dcum_end += e_end·⟨dS_out, S_in⟩. Then dcum → da by a reverse cumulative sum: dΔ += A·da, dA += Σ Δ·da.
-///      After the heads: dC += dCB B, dB += dCBᵀ C.
+/// Saved for backward: the state entering every chunk, `chunkStates` (B, ⌈L/Q⌉, H, P, N) — the only memory that grows
+/// with L. Forward otherwise needs per-thread scratch of O(Q² + (Q + N·H/G)·P) floats; backward adds one transient
+/// buffer of the size of `chunkStates` (the gradient leaving every chunk) and the same kind of per-thread scratch.
 ///
-/// Threads (`Parallel.forRanges`): forward over (b, h) pairs (C Bᵀ shared by a thread's consecutive heads of one
-/// group); backward phase 1 over (b, h), phase 2 over (b, group, chunk). Every output element and every partial sum is
-/// computed by the same operations whatever the split, and dA, dD are summed over (b, chunk) partials in a fixed
-/// order, so results are bit-identical for any thread count (and for repeated runs).
+/// Backward (dY = ∂ℓ/∂y; dS_out = ∂ℓ/∂S_out of a chunk), in two phases:
+///   1. per (b, h), chunks in reverse: dS_in = e_end·dS_out + dYᵀ diag(e) C; it is dS_out of the chunk before; the
+///      last chunk's dS_out is dhOut, the first chunk's dS_in goes to dh0. Every dS_out is kept.
+///   2. per (b, group, chunk), the group's heads in order:
+///      dX += (M + D·I)ᵀ dY + diag(w) B dS_outᵀ;   dD += Σ ⟨dY_t, X_t⟩;   dM = dY Xᵀ (lower);
+///      dCB += dM ∘ exp(segsum) ∘ Δ_s (summed over the heads, as C Bᵀ is shared);
+///      dΔ_s += Σ_t dM_ts·(C Bᵀ)_ts·exp(cum_t − cum_s);   y_off, with dCe = dY S_in: dC_t += e_t·dCe_t;
+///      S_out, with T = X dS_out: dB_s += w_s·T_s, dw_s = ⟨B_s, T_s⟩, dΔ_s += exp(cum_end − cum_s)·dw_s;
+///      the decays, through a_τ = Δ_τ·A (each decay is exp of a sum of a_τ over a segment):
+///      da_τ = Σ_{t≥τ>s} dM_ts M_ts + Σ_{t≥τ} e_t⟨dCe_t, C_t⟩ + Σ_{s<τ} w_s dw_s + e_end⟨dS_out, S_in⟩,
+///      dΔ_τ += A·da_τ, dA += Σ Δ_τ·da_τ;   after the heads dC += dCB B and dB += dCBᵀ C.
 ///
-/// `forwardReference` / `backwardReference` are the plain recurrence in Double (the test oracle); `step` is the
-/// recurrence for one token, vectorised, used by generation.
+/// Threads (`Parallel.forRanges`): forward over (b, h) pairs, backward phase 1 over (b, h), phase 2 over
+/// (b, group, chunk). Every output and partial sum is computed by the same operations whatever the split, and dA, dD
+/// add (b, chunk) partials in a fixed order: the bits depend neither on the run nor on the thread count.
+///
+/// `forwardReference` / `backwardReference` are the plain recurrence in Double (the oracle of the tests); `step` is
+/// the recurrence for one token, vectorised over N, for generation.
 public struct SSDDims: Sendable, Equatable, CustomStringConvertible {
     /// Batch, length, heads, head dim, groups, state size, chunk size (Q).
     public var B: Int, L: Int, H: Int, P: Int, G: Int, N: Int, chunk: Int
@@ -59,6 +60,18 @@ public struct SSDDims: Sendable, Equatable, CustomStringConvertible {
 }
 
 public enum SSD {
+    /// Whether the full (non-triangular) chunk products go through OpenBLAS's `cblas_sgemm` instead of our AVX2 tile
+    /// kernel. On by default when OpenBLAS runs its AVX-512 kernels, where its small-matrix sgemm does a 64³ product
+    /// in half the time of the tile kernel (measured 3.0 vs 6.3 µs); off otherwise (its generic kernels are 3× slower
+    /// than the tile kernel). Results differ only by rounding. Set it before work starts, like `Parallel.setThreads`.
+    nonisolated(unsafe) public static var blasProducts: Bool = openBLASHasAVX512
+
+    /// Whether OpenBLAS picked an AVX-512 kernel set in this process.
+    public static var openBLASHasAVX512: Bool {
+        let name = String(cString: openblas_get_corename()).lowercased()
+        return ["skylakex", "cooperlake", "sapphirerapids"].contains { name.contains($0) }
+    }
+
     /// Floats of the saved chunk-start states: (B, ⌈L/Q⌉, H, P, N).
     public static func stateCount(dims d: SSDDims) -> Int { d.B * d.chunks * d.H * d.P * d.N }
 
@@ -102,7 +115,9 @@ public enum SSD {
         }
     }
 
-    /// Forward of one sequence b for consecutive heads of one group, chunk after chunk.
+    /// Forward of one sequence b for consecutive heads of one group, chunk after chunk. Out of line (as are the other
+    /// per-item bodies): inlined into `forRanges`' single-thread call it compiled to code that took 35 % more time.
+    @inline(never)
     private static func forwardHeads(
         _ inp: Inputs, _ w: ForwardWork, b: Int, heads: Range<Int>,
         y: UnsafeMutablePointer<Float>, ldy: Int, hOut: UnsafeMutablePointer<Float>?,
@@ -124,10 +139,9 @@ public enum SSD {
             let row0 = b * d.L + t0
             let Bg = inp.Bm + row0 * inp.ldbc + g * N, Cg = inp.Cm + row0 * inp.ldbc + g * N
             // Bᵀ (N × Qp) and CB = C Bᵀ (q × Qp, lower triangle), shared by the heads.
-            w.Bt.update(repeating: 0, count: N * Qp)
-            transpose(Bg, rows: q, cols: N, ld: inp.ldbc, into: w.Bt, ld: Qp)
-            tileProduct(w.CB, ldo: Qp, m: q, n: q, .store, lowerTriangle: true,
-                        Operands(a: Cg, rs: inp.ldbc, cs: 1, b: w.Bt, ld: Qp, k: N))
+            transpose(Bg, rows: q, cols: N, ld: inp.ldbc, into: w.Bt, ld: Qp, zeroTo: Qp)
+            product(w.CB, ldo: Qp, m: q, n: q, .store, lowerTriangle: true,
+                    Operands(a: Cg, rs: inp.ldbc, cs: 1, b: w.Bt, ld: Qp, k: N))
             for (k, h) in heads.enumerated() {
                 let st = w.St + k * N * Pp
                 if let chunkStates {
@@ -140,13 +154,13 @@ public enum SSD {
                 for t in 0..<q { scale(Cg + t * inp.ldbc, by: v.e[t], count: N, into: w.Ce + t * N) }
                 let (X, ldX) = operandRows(inp.x + row0 * inp.ldx + h * P, ld: inp.ldx, rows: q, cols: P, pad: w.Xp)
                 // y = (M + D·I) X + Ce Sᵀ.
-                tileProduct(y + row0 * ldy + h * P, ldo: ldy, m: q, n: P, .store,
-                            Operands(a: w.M, rs: Qp, cs: 1, b: X, ld: ldX, k: q, shape: .upToRow),
-                            Operands(a: w.Ce, rs: N, cs: 1, b: st, ld: Pp, k: N))
+                product(y + row0 * ldy + h * P, ldo: ldy, m: q, n: P, .store,
+                        Operands(a: w.M, rs: Qp, cs: 1, b: X, ld: ldX, k: q, shape: .upToRow),
+                        Operands(a: w.Ce, rs: N, cs: 1, b: st, ld: Pp, k: N))
                 // Sᵀ ← e_end·Sᵀ + (Bᵀ diag(w)) X.
                 scaleColumns(w.Bt, rows: N, ld: Qp, by: v.w, into: w.Bwt)
-                tileProduct(st, ldo: Pp, m: N, n: P, .scaleAdd(eEnd),
-                            Operands(a: w.Bwt, rs: Qp, cs: 1, b: X, ld: ldX, k: q))
+                product(st, ldo: Pp, m: N, n: P, .scaleAdd(eEnd),
+                        Operands(a: w.Bwt, rs: Qp, cs: 1, b: X, ld: ldX, k: q))
             }
         }
         if let hOut {
@@ -200,27 +214,8 @@ public enum SSD {
         Parallel.forRanges(itemsA) { wk, lo, hi in
             let w = ChainWork(la, base + wk * perThread)
             for item in lo..<hi {
-                let b = item / d.H, h = item % d.H
-                let g = h / d.headsPerGroup
-                let gs = w.g
-                gs.update(repeating: 0, count: slot)
-                if let dhOut { copyRows(dhOut + item * d.P * d.N, rows: d.P, cols: d.N, ld: d.N, into: gs, ld: Np) }
-                for c in stride(from: nc - 1, through: 0, by: -1) {
-                    let t0 = c * d.chunk, q = min(d.chunk, d.L - t0)
-                    let row0 = b * d.L + t0
-                    let eEnd = chunkDecays(inp, w.vec, b: b, h: h, t0: t0, q: q)
-                    let Cg = Cm + row0 * ldbc + g * d.N
-                    w.Ce.update(repeating: 0, count: q * Np)
-                    for t in 0..<q { scale(Cg + t * ldbc, by: w.vec.e[t], count: d.N, into: w.Ce + t * Np) }
-                    (dSout + ((b * nc + c) * d.H + h) * slot).update(from: gs, count: slot)
-                    // dS_in = e_end·dS_out + dYᵀ Ce.
-                    tileProduct(gs, ldo: Np, m: d.P, n: d.N, .scaleAdd(eEnd),
-                                Operands(a: dy + row0 * ldy + h * d.P, rs: 1, cs: ldy, b: w.Ce, ld: Np, k: q))
-                }
-                if let dh0 {
-                    let o = dh0 + item * d.P * d.N
-                    for p in 0..<d.P { for n in 0..<d.N { o[p * d.N + n] += gs[p * Np + n] } }
-                }
+                backwardChain(inp, w, b: item / d.H, h: item % d.H, dy: dy, ldy: ldy, dhOut: dhOut, dh0: dh0,
+                              dSout: dSout)
             }
         }
 
@@ -249,7 +244,42 @@ public enum SSD {
         }
     }
 
+    /// Backward phase 1 for one (b, h): the gradient leaving every chunk, chunks in reverse, into dSout
+    /// (B, nc, H, P, Np); dS_in of the first chunk goes to dh0.
+    @inline(never)
+    private static func backwardChain(
+        _ inp: Inputs, _ w: ChainWork, b: Int, h: Int, dy: UnsafePointer<Float>, ldy: Int,
+        dhOut: UnsafePointer<Float>?, dh0: UnsafeMutablePointer<Float>?, dSout: UnsafeMutablePointer<Float>
+    ) {
+        let d = inp.d
+        let (P, N, Np, nc) = (d.P, d.N, pad16(d.N), d.chunks)
+        let g = h / d.headsPerGroup
+        let slot = P * Np
+        let gs = w.g
+        gs.update(repeating: 0, count: slot)
+        if let dhOut { copyRows(dhOut + (b * d.H + h) * P * N, rows: P, cols: N, ld: N, into: gs, ld: Np) }
+        for c in stride(from: nc - 1, through: 0, by: -1) {
+            let t0 = c * d.chunk, q = min(d.chunk, d.L - t0)
+            let row0 = b * d.L + t0
+            let eEnd = chunkDecays(inp, w.vec, b: b, h: h, t0: t0, q: q)
+            let Cg = inp.Cm + row0 * inp.ldbc + g * N
+            for t in 0..<q {
+                scale(Cg + t * inp.ldbc, by: w.vec.e[t], count: N, into: w.Ce + t * Np)
+                (w.Ce + t * Np + N).update(repeating: 0, count: Np - N)
+            }
+            (dSout + ((b * nc + c) * d.H + h) * slot).update(from: gs, count: slot)
+            // dS_in = e_end·dS_out + dYᵀ Ce.
+            product(gs, ldo: Np, m: P, n: N, .scaleAdd(eEnd),
+                    Operands(a: dy + row0 * ldy + h * P, rs: 1, cs: ldy, b: w.Ce, ld: Np, k: q))
+        }
+        if let dh0 {
+            let o = dh0 + (b * d.H + h) * P * N
+            for p in 0..<P { for n in 0..<N { o[p * N + n] += gs[p * Np + n] } }
+        }
+    }
+
     /// Backward of one chunk of one (b, group): the heads in order, then the group's dB, dC.
+    @inline(never)
     private static func backwardChunk(
         _ inp: Inputs, _ w: BackwardWork, b: Int, g: Int, c: Int,
         dx: UnsafeMutablePointer<Float>, lddx: Int, ddt: UnsafeMutablePointer<Float>, ldddt: Int,
@@ -267,10 +297,9 @@ public enum SSD {
         let Bg = inp.Bm + row0 * ldbc + g * N, Cg = inp.Cm + row0 * ldbc + g * N
         let (Bop, ldB) = operandRows(Bg, ld: ldbc, rows: q, cols: N, pad: w.Bp)
         let (Cop, ldC) = operandRows(Cg, ld: ldbc, rows: q, cols: N, pad: w.Cp)
-        w.Bt.update(repeating: 0, count: N * Qp)
-        transpose(Bg, rows: q, cols: N, ld: ldbc, into: w.Bt, ld: Qp)
-        tileProduct(w.CB, ldo: Qp, m: q, n: q, .store, lowerTriangle: true,
-                    Operands(a: Cg, rs: ldbc, cs: 1, b: w.Bt, ld: Qp, k: N))
+        transpose(Bg, rows: q, cols: N, ld: ldbc, into: w.Bt, ld: Qp, zeroTo: Qp)
+        product(w.CB, ldo: Qp, m: q, n: q, .store, lowerTriangle: true,
+                Operands(a: Cg, rs: ldbc, cs: 1, b: w.Bt, ld: Qp, k: N))
         w.dCB.update(repeating: 0, count: q * Qp)
         w.dBacc.update(repeating: 0, count: q * Np)
         w.dCacc.update(repeating: 0, count: q * Np)
@@ -280,67 +309,67 @@ public enum SSD {
             let xh = inp.x + row0 * inp.ldx + h * P, dyh = dy + row0 * ldy + h * P
             let (X, ldX) = operandRows(xh, ld: inp.ldx, rows: q, cols: P, pad: w.Xp)
             let (dY, ldY) = operandRows(dyh, ld: ldy, rows: q, cols: P, pad: w.dYp)
-            w.Xt.update(repeating: 0, count: P * Qp)
-            transpose(xh, rows: q, cols: P, ld: inp.ldx, into: w.Xt, ld: Qp)
+            transpose(xh, rows: q, cols: P, ld: inp.ldx, into: w.Xt, ld: Qp, zeroTo: Qp)
             let dS = dSout + ((b * nc + c) * H + h) * P * Np       // P × Np
-            w.dSt.update(repeating: 0, count: N * Pp)
-            transpose(dS, rows: P, cols: N, ld: Np, into: w.dSt, ld: Pp)
+            transpose(dS, rows: P, cols: N, ld: Np, into: w.dSt, ld: Pp, zeroTo: Pp)
             let Sraw = chunkStates + ((b * nc + c) * H + h) * P * N
             let (S, ldS) = operandRows(Sraw, ld: N, rows: P, cols: N, pad: w.Sp)
 
-            // dM = dY Xᵀ (lower), then M, dCB, dΔ and dcum from the intra-chunk term.
-            tileProduct(w.dM, ldo: Qp, m: q, n: q, .store, lowerTriangle: true,
-                        Operands(a: dY, rs: ldY, cs: 1, b: w.Xt, ld: Qp, k: P))
+            // dM = dY Xᵀ (lower), then M, dCB, dΔ and daM from the intra-chunk term.
+            product(w.dM, ldo: Qp, m: q, n: q, .store, lowerTriangle: true,
+                    Operands(a: dY, rs: ldY, cs: 1, b: w.Xt, ld: Qp, k: P))
             intraChunkGradients(v, CB: w.CB, dM: w.dM, M: w.M, dCB: w.dCB, q: q, Qp: Qp)
             for t in 0..<q { w.M[t * Qp + t] += inp.D[h] }
 
             // dX += (M + D·I)ᵀ dY + diag(w) B dS_outᵀ.
             scaleColumns(w.Bt, rows: N, ld: Qp, by: v.w, into: w.Bwt)
-            tileProduct(dx + row0 * lddx + h * P, ldo: lddx, m: q, n: P, .add,
-                        Operands(a: w.M, rs: 1, cs: Qp, b: dY, ld: ldY, k: q, shape: .fromRow),
-                        Operands(a: w.Bwt, rs: 1, cs: Qp, b: w.dSt, ld: Pp, k: N))
+            product(dx + row0 * lddx + h * P, ldo: lddx, m: q, n: P, .add,
+                    Operands(a: w.M, rs: 1, cs: Qp, b: dY, ld: ldY, k: q, shape: .fromRow),
+                    Operands(a: w.Bwt, rs: 1, cs: Qp, b: w.dSt, ld: Pp, k: N))
 
             // T = X dS_out: dB_s += w_s T_s, dw_s = ⟨B_s, T_s⟩.
-            tileProduct(w.T, ldo: Np, m: q, n: N, .store, Operands(a: X, rs: ldX, cs: 1, b: dS, ld: Np, k: P))
+            product(w.T, ldo: Np, m: q, n: N, .store, Operands(a: X, rs: ldX, cs: 1, b: dS, ld: Np, k: P))
             for s in 0..<q {
                 let ws = v.w[s]
                 v.dw[s] = dot(Bop + s * ldB, w.T + s * Np, N)
                 axpy(ws, w.T + s * Np, w.dBacc + s * Np, N)
             }
-            // dCe = dY S_in: dC_t += e_t dCe_t, dcum_t += e_t ⟨dCe_t, C_t⟩.
-            tileProduct(w.T, ldo: Np, m: q, n: N, .store, Operands(a: dY, rs: ldY, cs: 1, b: S, ld: ldS, k: P))
+            // dCe = dY S_in: dC_t += e_t dCe_t; e_t's share of the decay gradient, e_t ⟨dCe_t, C_t⟩.
+            product(w.T, ldo: Np, m: q, n: N, .store, Operands(a: dY, rs: ldY, cs: 1, b: S, ld: ldS, k: P))
             for t in 0..<q {
                 let et = v.e[t]
-                v.dcum[t] += et * dot(Cop + t * ldC, w.T + t * Np, N)
+                v.yoff[t] = et * dot(Cop + t * ldC, w.T + t * Np, N)
                 axpy(et, w.T + t * Np, w.dCacc + t * Np, N)
             }
-            // S_out = e_end·S_in + Σ w_s x_s ⊗ B_s: the decays' share of dcum and dΔ.
-            var dEnd = eEnd * frobenius(dS, ld: Np, S, ld: ldS, rows: P, cols: N)
+            // S_out = e_end·S_in + Σ w_s x_s ⊗ B_s: dΔ_s through w_s, and e_end's share of the decay gradient.
+            let dEnd = Double(eEnd * frobenius(dS, ld: Np, S, ld: ldS, rows: P, cols: N))
+            for s in 0..<q { v.ddt[s] += v.wdec[s] * v.dw[s] }
+            // da_τ = ∂ℓ/∂(Δ_τ·A) (Double): decays inside M (daM), e_t for t ≥ τ (suffix sum), w_s for s < τ (prefix
+            // sum), e_end for every τ. Then dΔ_τ += A·da_τ and dA += Σ Δ_τ·da_τ.
+            var before = 0.0
             for s in 0..<q {
-                let g = v.w[s] * v.dw[s]
-                dEnd += g
-                v.dcum[s] -= g
-                v.ddt[s] += v.wdec[s] * v.dw[s]
+                v.acc[s] = Float(before)
+                before += Double(v.w[s]) * Double(v.dw[s])
             }
-            v.dcum[q - 1] += dEnd
-            // dD, and dcum → da (reverse cumulative sum) → dΔ, dA.
             var sD: Float = 0
             for t in 0..<q { sD += dot(X + t * ldX, dY + t * ldY, P) }
-            let Ah = inp.A[h]
-            var da = 0.0, sA = 0.0
+            let Ah = Double(inp.A[h])
+            var after = 0.0, sA = 0.0
             for t in stride(from: q - 1, through: 0, by: -1) {
-                da += Double(v.dcum[t])
-                let dtt = v.dt[t]
-                sA += Double(dtt) * da
+                after += Double(v.yoff[t])
+                let da = Double(v.daM[t]) + after + Double(v.acc[t]) + dEnd
+                sA += Double(v.dt[t]) * da
                 let o = ddt + (row0 + t) * ldddt + h
-                o.pointee += v.ddt[t] + Float(Double(Ah) * da)
+                o.pointee += v.ddt[t] + Float(Ah * da)
             }
             partials[(b * nc + c) * H + h] = Float(sA)
             partials[d.B * H * nc + (b * nc + c) * H + h] = sD
         }
         // dC += dCB B, dB += dCBᵀ C (dCB summed over the group's heads).
-        tileProduct(w.dCacc, ldo: Np, m: q, n: N, .add, Operands(a: w.dCB, rs: Qp, cs: 1, b: Bop, ld: ldB, k: q, shape: .upToRow))
-        tileProduct(w.dBacc, ldo: Np, m: q, n: N, .add, Operands(a: w.dCB, rs: 1, cs: Qp, b: Cop, ld: ldC, k: q, shape: .fromRow))
+        product(w.dCacc, ldo: Np, m: q, n: N, .add,
+                Operands(a: w.dCB, rs: Qp, cs: 1, b: Bop, ld: ldB, k: q, shape: .upToRow))
+        product(w.dBacc, ldo: Np, m: q, n: N, .add,
+                Operands(a: w.dCB, rs: 1, cs: Qp, b: Cop, ld: ldC, k: q, shape: .fromRow))
         for t in 0..<q {
             axpy(1, w.dBacc + t * Np, dBm + (row0 + t) * lddbc + g * N, N)
             axpy(1, w.dCacc + t * Np, dCm + (row0 + t) * lddbc + g * N, N)
@@ -526,19 +555,20 @@ extension SSD {
     }
 
     /// Per-chunk vectors (Qp each, zero beyond q): Δ, cum as hi + lo, e^cum, exp(cum_end − cum_s), w, and the
-    /// backward's accumulators dcum, dΔ, dw and two column sums.
+    /// backward's per-step terms: the decays' share of ∂ℓ/∂(Δ·A) from M (daM) and from y_off (yoff), dΔ, dw, and a
+    /// running column sum.
     fileprivate struct ChunkVectors {
-        let dt, hi, lo, e, wdec, w, dcum, ddt, dw, colZ: UnsafeMutablePointer<Float>
-        static let count = 10
+        let dt, hi, lo, e, wdec, w, daM, yoff, ddt, dw, acc: UnsafeMutablePointer<Float>
+        static let count = 11
         init(_ p: UnsafeMutablePointer<Float>, _ Qp: Int) {
             dt = p; hi = p + Qp; lo = p + 2 * Qp; e = p + 3 * Qp; wdec = p + 4 * Qp; w = p + 5 * Qp
-            dcum = p + 6 * Qp; ddt = p + 7 * Qp; dw = p + 8 * Qp; colZ = p + 9 * Qp
+            daM = p + 6 * Qp; yoff = p + 7 * Qp; ddt = p + 8 * Qp; dw = p + 9 * Qp; acc = p + 10 * Qp
         }
     }
 
     /// Fills the chunk vectors of head h for rows t0..<t0+q of sequence b, zeroes the backward accumulators,
     /// and returns e_end = exp(cum_{q−1}). cum is summed in Double and kept as hi + lo Floats.
-    @inline(__always)
+    @inline(never)
     fileprivate static func chunkDecays(_ inp: Inputs, _ v: ChunkVectors, b: Int, h: Int, t0: Int, q: Int) -> Float {
         let Qp = pad16(inp.d.chunk)
         let A = Double(inp.A[h])
@@ -555,7 +585,7 @@ extension SSD {
             } else {
                 v.dt[t] = 0; v.hi[t] = 0; v.lo[t] = 0
             }
-            v.dcum[t] = 0; v.ddt[t] = 0; v.dw[t] = 0; v.colZ[t] = 0
+            v.daM[t] = 0; v.yoff[t] = 0; v.ddt[t] = 0; v.dw[t] = 0; v.acc[t] = 0
         }
         let hiE = F16x(repeating: v.hi[q - 1]), loE = F16x(repeating: v.lo[q - 1])
         for j in stride(from: 0, to: Qp, by: 16) {
@@ -585,6 +615,7 @@ extension SSD {
     }
 
     /// M (q × Qp) = C Bᵀ ∘ exp(segsum) ∘ Δ_s, zero above the diagonal, plus `diagonal` on it.
+    @inline(never)
     fileprivate static func buildM(_ v: ChunkVectors, CB: UnsafePointer<Float>, M: UnsafeMutablePointer<Float>,
                                    q: Int, Qp: Int, diagonal: Float) {
         for t in 0..<q {
@@ -599,13 +630,16 @@ extension SSD {
         }
     }
 
-    /// The intra-chunk term's gradients, given dM = dY Xᵀ: writes M (without D), adds dM ∘ exp(segsum) ∘ Δ_s to dCB,
-    /// Σ_t dM·CB·exp(segsum) to v.ddt, and the decays' Σ_s dM·M − Σ_t dM·M to v.dcum.
+    /// The intra-chunk term's gradients, given dM = dY Xᵀ: writes M (without D), adds dM ∘ exp(segsum) ∘ Δ_s to dCB
+    /// and Σ_t dM·CB·exp(segsum) to v.ddt, and sets v.daM[τ] = Σ_{t≥τ} Σ_{s<τ} dM_ts·M_ts, the share of ∂ℓ/∂(Δ_τ·A)
+    /// of the decays exp(cum_t − cum_s) (a_τ lies in the segment s < τ ≤ t). Summed block by block (rows from the last
+    /// up, a running column sum) rather than as Σ_s − Σ_t per step and a cumulative sum, where the large opposite
+    /// terms cancel and Float loses the small difference (measured 3e-5 of dA with Δ·A down to −48).
+    @inline(never)
     fileprivate static func intraChunkGradients(_ v: ChunkVectors, CB: UnsafePointer<Float>, dM: UnsafePointer<Float>,
                                                 M: UnsafeMutablePointer<Float>, dCB: UnsafeMutablePointer<Float>,
                                                 q: Int, Qp: Int) {
-        for t in 0..<q {
-            var rowZ = F16x()
+        for t in stride(from: q - 1, through: 0, by: -1) {
             var j0 = 0
             while j0 <= t {
                 let e = segmentDecay(v, t: t, j0: j0)
@@ -614,17 +648,22 @@ extension SSD {
                 let m = cbe * dtv
                 store16(m, M + t * Qp + j0)
                 let g = load16(dM + t * Qp + j0)
-                let z = g * m
-                rowZ += z
-                store16(load16(v.colZ + j0) + z, v.colZ + j0)
+                store16(load16(v.acc + j0).addingProduct(g, m), v.acc + j0)   // Σ_{t' ≥ t} dM·M, per column s
                 store16(load16(dCB + t * Qp + j0).addingProduct(g * e, dtv), dCB + t * Qp + j0)
                 store16(load16(v.ddt + j0).addingProduct(g, cbe), v.ddt + j0)
                 j0 += 16
             }
             while j0 < Qp { store16(F16x(), M + t * Qp + j0); j0 += 16 }
-            v.dcum[t] += rowZ.sum()
+            // daM[t] = Σ_{s<t} of the column sums (lanes s ≥ t of the last block masked off).
+            var sum = F16x()
+            j0 = 0
+            while j0 + 16 <= t { sum += load16(v.acc + j0); j0 += 16 }
+            if j0 < t {
+                let keep = causalMask(row: t - 1, from: j0)
+                sum += unsafeBitCast(unsafeBitCast(load16(v.acc + j0), to: SIMD16<Int32>.self) & keep, to: F16x.self)
+            }
+            v.daM[t] = sum.sum()
         }
-        for j in stride(from: 0, to: Qp, by: 16) { store16(load16(v.dcum + j) - load16(v.colZ + j), v.dcum + j) }
     }
 }
 
@@ -723,7 +762,7 @@ private enum KShape { case full, upToRow, fromRow }
 /// What a tile product does with its output: store, add, or out = β·out + product.
 private enum Epilogue { case store, add, scaleAdd(Float) }
 
-/// One operand pair of a tile product, Σ_{k<k} A(i, k)·B(k, j). A(i, k) = a[i·rs + k·cs] is read one element at a
+/// One operand pair of a product, Σ_{κ<k} A(i, κ)·B(κ, j). A(i, k) = a[i·rs + k·cs] is read one element at a
 /// time (broadcast), so any strides work and a transposed A costs nothing; B(k, j..<j+16) = b[k·ld + j...] is read 16
 /// columns at a time, so its rows must hold 16·⌈n/16⌉ readable floats (a padded copy, or the input itself when n is
 /// a multiple of 16).
@@ -753,9 +792,10 @@ private struct Acc6 {
     var r0 = F16x(), r1 = F16x(), r2 = F16x(), r3 = F16x(), r4 = F16x(), r5 = F16x()
 }
 
-/// The register-tiled inner loop: per k, one 16-float load of B and six broadcasts of A, twelve FMAs. Kept out of
-/// line (with the accumulators in memory between calls) so that the register allocator sees only this loop: inlined
-/// into the large callers it spilled accumulators and ran ~3× slower.
+/// The register-tiled inner loop: per k, one 16-float load of B and six broadcasts of A, twelve FMAs (measured 83
+/// GFLOP/s on a 64³ product, ~85 % of this core's AVX2 peak). Kept out of line, with the accumulators in memory between
+/// calls, so that the register allocator sees only this loop: inlined into its large callers it spilled accumulators
+/// (the forward ran 1.4× slower).
 @inline(never)
 private func kernel6(_ c: inout Acc6, _ a: UnsafePointer<Float>, _ rs: Int, _ cs: Int,
                      _ b: UnsafePointer<Float>, _ ld: Int, _ count: Int) {
@@ -809,6 +849,44 @@ private func emit(_ v: F16x, _ p: UnsafeMutablePointer<Float>, _ width: Int, _ e
     case .add: storeF16x(loadF16x(p, width) + v, p, width)
     case .scaleAdd(let beta): storeF16x(v.addingProduct(loadF16x(p, width), F16x(repeating: beta)), p, width)
     }
+}
+
+/// out (m × n) ⟵ epilogue(Σ over the operand pairs of A·B): the one entry point of the chunk products. A full
+/// operand pair goes to `cblas_sgemm` when `SSD.blasProducts` is on and the product is small enough (m·n·k ≤ 64³)
+/// that OpenBLAS runs it on the calling thread (its threshold for threading is 4·65536 = 64³, so a call from inside
+/// our parallel regions never starts BLAS threads); triangular pairs, and all pairs when it is off, go to
+/// `tileProduct` (one fused pass when both do).
+@inline(__always)
+private func product(_ out: UnsafeMutablePointer<Float>, ldo: Int, m: Int, n: Int, _ epilogue: Epilogue,
+                     lowerTriangle: Bool = false, _ s1: Operands, _ s2: Operands? = nil) {
+    guard m > 0, n > 0 else { return }
+    @inline(__always) func viaBLAS(_ o: Operands) -> Bool {
+        SSD.blasProducts && !lowerTriangle && o.shape == .full && o.k > 0 && m * n * o.k <= 64 * 64 * 64
+            && (o.cs == 1 || o.rs == 1)
+    }
+    let b1 = viaBLAS(s1), b2 = s2.map(viaBLAS) ?? false
+    if !b1 && !b2 {
+        tileProduct(out, ldo: ldo, m: m, n: n, epilogue, lowerTriangle: lowerTriangle, s1, s2)
+        return
+    }
+    var beta: Float
+    switch epilogue {
+    case .store: beta = 0
+    case .add: beta = 1
+    case .scaleAdd(let b): beta = b
+    }
+    func sgemm(_ o: Operands) {
+        // Row-major A(i, k) = a[i·rs + k·cs]: as stored when cs = 1, else transposed (rs = 1).
+        let (trans, lda) = o.cs == 1 ? (CblasNoTrans, o.rs) : (CblasTrans, o.cs)
+        cblas_sgemm(CblasRowMajor, trans, CblasNoTrans, Int32(m), Int32(n), Int32(o.k), 1, o.a, Int32(lda),
+                    o.b, Int32(o.ld), beta, out, Int32(ldo))
+        beta = 1
+    }
+    if b1 { sgemm(s1) }
+    if let s2, b2 { sgemm(s2) }
+    // What is left goes to the tile kernel, added on top.
+    if !b1 { tileProduct(out, ldo: ldo, m: m, n: n, .add, lowerTriangle: lowerTriangle, s1) }
+    if let s2, !b2 { tileProduct(out, ldo: ldo, m: m, n: n, .add, lowerTriangle: lowerTriangle, s2) }
 }
 
 /// out (m × n, row stride ldo) ⟵ epilogue(Σ over the operand pairs of A·B). Rows go six at a time (the last block is
@@ -869,7 +947,8 @@ private func tileProduct(_ out: UnsafeMutablePointer<Float>, ldo: Int, m: Int, n
 
 /// e^−|x| for a decay's log x (≤ 0 up to rounding), exactly 0 once |x| > 60 (e^−60 ≈ 8.8e−27: far below Float
 /// resolution next to the terms it is added to, and it keeps the products of decays out of the subnormal range, where
-/// every FMA takes a microcode assist — measured 3× slower kernels with Δ·A sums near −100). Integer operations only.
+/// every FMA takes a microcode assist: with e^−87 as the floor the reference-shape forward ran 2.6× slower). Integer
+/// operations only (Swift lowers SIMD lane masks lane by lane).
 @inline(__always) private func expNonPositive(_ x: F16x) -> F16x {
     let absBits = unsafeBitCast(x, to: SIMD16<Int32>.self) & 0x7FFF_FFFF
     let cut: Int32 = 0x4270_0000  // 60.0
@@ -881,9 +960,12 @@ private func tileProduct(_ out: UnsafeMutablePointer<Float>, ldo: Int, m: Int, n
 }
 
 /// dst (cols × rows, row stride ldd) = srcᵀ for src (rows × cols, row stride lds): 8 × 8 blocks in registers
-/// (three rounds of pairwise even/odd unshuffles transpose an 8 × 8 block), scalar edges.
+/// (three rounds of pairwise even/odd unshuffles transpose an 8 × 8 block), scalar edges. With `zeroTo`, each
+/// destination row is zero-filled from column `rows` up to `zeroTo` (a padded operand).
+@inline(never)
 private func transpose(_ src: UnsafePointer<Float>, rows: Int, cols: Int, ld lds: Int,
-                       into dst: UnsafeMutablePointer<Float>, ld ldd: Int) {
+                       into dst: UnsafeMutablePointer<Float>, ld ldd: Int, zeroTo: Int = 0) {
+    if zeroTo > rows { for c in 0..<cols { (dst + (c &* ldd &+ rows)).update(repeating: 0, count: zeroTo - rows) } }
     let r8 = rows & ~7, c8 = cols & ~7
     var r0 = 0
     while r0 < r8 {
@@ -919,7 +1001,9 @@ private func transpose8x8(_ src: UnsafePointer<Float>, _ lds: Int, _ dst: Unsafe
         let (a2, a6) = unshuffle(r.4, r.5), (a3, a7) = unshuffle(r.6, r.7)
         r = (a0, a1, a2, a3, a4, a5, a6, a7)
     }
-    @inline(__always) func st(_ v: V, _ i: Int) { UnsafeMutableRawPointer(dst + i &* ldd).storeBytes(of: v, as: V.self) }
+    @inline(__always) func st(_ v: V, _ i: Int) {
+        UnsafeMutableRawPointer(dst + i &* ldd).storeBytes(of: v, as: V.self)
+    }
     st(r.0, 0); st(r.1, 1); st(r.2, 2); st(r.3, 3); st(r.4, 4); st(r.5, 5); st(r.6, 6); st(r.7, 7)
 }
 
@@ -989,12 +1073,3 @@ import Glibc
 #else
 import Foundation
 #endif
-
-public func _benchTile(_ reps: Int, lda: Int, ldb: Int, tri: Bool) {
-    let a = UnsafeMutablePointer<Float>.allocate(capacity: 64 * lda), b = UnsafeMutablePointer<Float>.allocate(capacity: 64 * ldb)
-    let c = UnsafeMutablePointer<Float>.allocate(capacity: 64 * 64)
-    a.initialize(repeating: 0.5, count: 64 * lda); b.initialize(repeating: 0.25, count: 64 * ldb)
-    for _ in 0..<reps {
-        tileProduct(c, ldo: 64, m: 64, n: 64, .store, Operands(a: a, rs: lda, cs: 1, b: b, ld: ldb, k: 64, shape: tri ? .upToRow : .full))
-    }
-}
