@@ -217,8 +217,10 @@ HYBRID_ATTN_NOTE = {
     "sdpa": (
         "sdpa (torch.nn.functional.scaled_dot_product_attention): the faster of the two implementations transformers "
         "offers on CPU here (eager, sdpa; flex_attention has no CPU backward, flash_attention_* need CUDA); eager "
-        "materialises the (batch, heads, L, L) scores and their softmax for the backward pass and was 1.5-3x slower "
-        "per training step at L 2048 on the 2-core reference machine (measure with --hybrid-attn sdpa,eager)"
+        "materialises the (batch, heads, L, L) scores and their softmax for the backward pass: at batch 4, L 2048 "
+        "on a 2-core machine (2026-12-07) its training step took 1.4-1.9x as long as sdpa's, with 0.5-0.7 GB more peak "
+        "RSS; in generation (batch 1 and 16, 64 tokens) the two were within run-to-run noise (measure with "
+        "--hybrid-attn sdpa,eager)"
     ),
     "eager": "eager (matmul + softmax in PyTorch ops), measured for comparison with the default sdpa",
 }
