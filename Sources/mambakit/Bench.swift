@@ -256,7 +256,7 @@ struct Bench: ParsableCommand {
         var args = ["scripts/bench_torch.py", "--threads", String(threads)]
         if quick { args.append("--quick") } else {
             args += ["--train-steps", String(trainSteps), "--gen-tokens", String(genTokens), "--configs", genConfigs,
-                     "--gen-batches", genBatches, "--train-config", trainConfig, "--train-batch", String(trainBatch),
+                     "--gen-batches", genBatches, "--train-configs", trainConfig, "--train-batch", String(trainBatch),
                      "--classify-lengths", classifyLengths, "--classify-batches", classifyBatches,
                      "--gen-dtypes", genWeights.split(separator: ",").contains("bf16") ? "float32,bfloat16" : "float32"]
         }

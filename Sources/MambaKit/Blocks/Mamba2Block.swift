@@ -11,8 +11,9 @@
 /// `[time_step_min, ∞)` for nemotron_h, as transformers computes them; transformers' own recurrent step skips the
 /// clamp, ours applies it, so our step equals our (and transformers') forward wherever the clamp binds.
 /// Saved for backward: in_proj's output, the conv output before SiLU and after it, Δ, y, the gated norm's rstd per
-/// group, and the SSD chunk-start states. State: the last K−1 conv inputs `(B, K−1, ED + 2GN)` and the SSM state
-/// `(B, H, P, N)` (HF's layout). Not decayed by AdamW: dt_bias, A_log, D, the gated norm and the biases.
+/// group and its output, and the SSD chunk-start states. State: the last K−1 conv inputs `(B, K−1, ED + 2GN)` and
+/// the SSM state `(B, H, P, N)` (HF's layout). Not decayed by AdamW: dt_bias, A_log, D, the gated norm and the
+/// biases.
 public final class Mamba2Block: Block {
     public let layer: Int
     public var kind: BlockKind { .mamba2 }
@@ -91,18 +92,19 @@ public final class Mamba2Block: Block {
 
     final class Saved: BlockActivations {
         /// in_proj's output `(BL, W)`, the conv output before and after SiLU `(BL, C)`, Δ `(BL, H)`, y `(BL, ED)`,
-        /// the gated norm's rstd `(BL, G)`, SSD chunk-start states.
-        let zxbcdt, convPre, xbc, delta, y, rstd, chunkStates: FloatBuffer
-        init(_ k: Mamba2Block, BL: Int, states: Int) {
+        /// the gated norm's rstd `(BL, G)` and output `(BL, ED)` (training only), SSD chunk-start states.
+        let zxbcdt, convPre, xbc, delta, y, rstd, normed, chunkStates: FloatBuffer
+        init(_ k: Mamba2Block, BL: Int, states: Int, training: Bool) {
             zxbcdt = FloatBuffer(count: BL * k.W)
             convPre = FloatBuffer(count: BL * k.C)
             xbc = FloatBuffer(count: BL * k.C)
             delta = FloatBuffer(count: BL * k.H)
             y = FloatBuffer(count: BL * k.ED)
             rstd = FloatBuffer(count: BL * k.G)
+            normed = FloatBuffer(count: training ? BL * k.ED : 0)
             chunkStates = FloatBuffer(count: states)
         }
-        var floats: Int { [zxbcdt, convPre, xbc, delta, y, rstd, chunkStates].reduce(0) { $0 + $1.count } }
+        var floats: Int { [zxbcdt, convPre, xbc, delta, y, rstd, normed, chunkStates].reduce(0) { $0 + $1.count } }
     }
 
     final class Work: BlockScratch {
@@ -135,7 +137,7 @@ public final class Mamba2Block: Block {
     }
 
     public func makeActivations(B: Int, L: Int, training: Bool) -> BlockActivations {
-        Saved(self, BL: B * L, states: training ? SSD.stateCount(dims: dims(B, L)) : 0)
+        Saved(self, BL: B * L, states: training ? SSD.stateCount(dims: dims(B, L)) : 0, training: training)
     }
 
     public func makeScratch(B: Int, L: Int, training: Bool) -> BlockScratch { Work(self, BL: B * L, training: training) }
@@ -256,9 +258,10 @@ public final class Mamba2Block: Block {
                     Bm: a.xbc.ptr + ED, Cm: a.xbc.ptr + ED + G * N, ldbc: C, D: p.ptr(dParam),
                     h0: hs.map { UnsafePointer($0) }, chunkStates: training ? a.chunkStates.ptr : nil, dims: dims(B, L),
                     scratch: w.ssd)
-        // out = out_proj(norm(y ⊙ SiLU(z)))
-        gatedNorm(out: w.normed.ptr, rstd: a.rstd.ptr, y: a.y.ptr, z: a.zxbcdt.ptr, ldz: W, weight: p.ptr(normW), rows: BL)
-        Linear.forward(out: out, ldo: D, inp: w.normed.ptr, ldi: ED, weight: p.ptr(outW), bias: outB.map { p.ptr($0) },
+        // out = out_proj(norm(y ⊙ SiLU(z))); training keeps the normed output for out_proj's backward.
+        let normed = training ? a.normed.ptr : w.normed.ptr
+        gatedNorm(out: normed, rstd: a.rstd.ptr, y: a.y.ptr, z: a.zxbcdt.ptr, ldz: W, weight: p.ptr(normW), rows: BL)
+        Linear.forward(out: out, ldo: D, inp: normed, ldi: ED, weight: p.ptr(outW), bias: outB.map { p.ptr($0) },
                        M: BL, I: ED, O: D)
     }
 
@@ -267,14 +270,12 @@ public final class Mamba2Block: Block {
                          scratch: BlockScratch) {
         let a = unsafeDowncast(acts, to: Saved.self), w = unsafeDowncast(scratch, to: Work.self)
         let BL = B * L
-        let gs = ED / G
         let A = w.A.ptr, al = p.ptr(aLog)
         for h in 0..<H { A[h] = -expf(al[h]) }
-        // out_proj: recompute its input.
-        gatedNorm(out: w.normed.ptr, rstd: nil, y: a.y.ptr, z: a.zxbcdt.ptr, ldz: W, weight: p.ptr(normW), rows: BL)
+        // out_proj, from the normed output forward kept.
         w.dnormed.zero()
         Linear.backward(dinp: w.dnormed.ptr, lddi: ED, dweight: g.ptr(outW), dbias: outB.map { g.ptr($0) }, dout: dout,
-                        lddo: D, inp: w.normed.ptr, ldi: ED, weight: p.ptr(outW), M: BL, I: ED, O: D)
+                        lddo: D, inp: a.normed.ptr, ldi: ED, weight: p.ptr(outW), M: BL, I: ED, O: D)
         // Gated norm; dnorm.weight sums over rows: one partial per thread, added in thread order.
         w.dzxbcdt.zero()
         let grain = max(1, 4096 / max(ED, 1))
