@@ -102,10 +102,7 @@ extension MambaModel {
             // The block's input RMSNorm(x), recomputed.
             let normed = ws.normed.ptr
             let nw = p.ptr(layerNorms[l])
-            for m in 0..<BL {
-                let r = rstd[m]
-                for j in 0..<D { normed[m * D + j] = nw[j] * (res[m * D + j] * r) }
-            }
+            RMSNorm.apply(out: normed, inp: res, rstd: rstd, weight: nw, M: BL, D: D)
             ws.dnormed.zero()
             blocks[l].backward(dinp: ws.dnormed.ptr, dout: ws.dresid.ptr, inp: normed, B: B, L: L, params: p,
                                grads: g, acts: ws.acts[l], scratch: ws.scratch[l])
