@@ -343,12 +343,14 @@ def keep_only(directory, names):
 # --------------------------------------------------------------------------- #
 
 
-def train(model, input_ids):
-    """Run the recorded AdamW steps in place; return what the fixtures store."""
+def train(model, input_ids, exclude_from_decay=None):
+    """Run the recorded AdamW steps in place; return what the fixtures store. ``exclude_from_decay(name)`` picks the
+    parameters without weight decay (default: this script's ``no_decay_name``)."""
+    exclude_from_decay = exclude_from_decay or no_decay_name
     model.train()
     named = list(model.named_parameters())
-    decay = [p for n, p in named if not no_decay_name(n)]
-    no_decay = [p for n, p in named if no_decay_name(n)]
+    decay = [p for n, p in named if not exclude_from_decay(n)]
+    no_decay = [p for n, p in named if exclude_from_decay(n)]
     opt = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": TRAIN["weight_decay"]},

@@ -109,6 +109,7 @@ from make_fixtures import (  # noqa: E402
     versions,
     write_json,
 )
+from make_fixtures import train as make_fixtures_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "Tests" / "MambaKitTests" / "Fixtures"
@@ -373,34 +374,8 @@ def no_decay_name(name):
 
 
 def train(model, input_ids):
-    """Run the recorded AdamW steps in place; return what the fixtures store (as make_fixtures.train)."""
-    model.train()
-    named = list(model.named_parameters())
-    opt = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in named if not no_decay_name(n)], "weight_decay": TRAIN["weight_decay"]},
-            {"params": [p for n, p in named if no_decay_name(n)], "weight_decay": 0.0},
-        ],
-        lr=TRAIN["lr"],
-        betas=tuple(TRAIN["betas"]),
-        eps=TRAIN["eps"],
-        foreach=False,
-    )
-    params = [p for _, p in named]
-    losses, grad_norms = [], []
-    logits0 = grads0 = None
-    for step in range(TRAIN["steps"]):
-        opt.zero_grad(set_to_none=True)
-        loss, logits = hf_loss(model, input_ids)
-        loss.backward()
-        if step == 0:
-            logits0 = logits.detach().clone()
-            grads0 = {n: p.grad.detach().clone() for n, p in named}
-        total_norm = torch.nn.utils.clip_grad_norm_(params, TRAIN["max_grad_norm"])
-        losses.append(float(loss.item()))
-        grad_norms.append(float(total_norm.item()))
-        opt.step()
-    return losses, grad_norms, logits0, grads0
+    """make_fixtures.train with this script's weight-decay groups (dt_bias is not decayed either)."""
+    return make_fixtures_train(model, input_ids, exclude_from_decay=no_decay_name)
 
 
 def saved_config_and_keys(model):
