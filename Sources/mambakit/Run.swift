@@ -23,31 +23,19 @@ struct Run: ParsableCommand {
                 }
                 try FileManager.default.removeItem(atPath: out)
             }
-            if spec.task == "classify" {
-                let progress = ProgressRenderer()
-                installInterruptHandler()
-                let summary = try ClassificationPipeline.run(
-                    spec, pipelinePath: pipeline, out: out, resume: resume,
-                    events: { e in
-                        switch e {
-                        case let .stage(s): progress.line(s)
-                        case let .training(t): progress.handle(t)
-                        }
-                    }, shouldStop: { interruptRequested != 0 })
-                progress.finish()
-                try printJSON(summary)
-                return
-            }
             let progress = ProgressRenderer()
             installInterruptHandler()
-            let summary = try LanguageModelPipeline.run(
-                spec, pipelinePath: pipeline, out: out, resume: resume,
-                events: { e in
-                    switch e {
-                    case let .stage(s): progress.line(s)
-                    case let .training(t): progress.handle(t)
-                    }
-                }, shouldStop: { interruptRequested != 0 })
+            let events: (PipelineEvent) -> Void = { e in
+                switch e {
+                case let .stage(s): progress.line(s)
+                case let .training(t): progress.handle(t)
+                }
+            }
+            let summary = spec.task == "classify"
+                ? try ClassificationPipeline.run(spec, pipelinePath: pipeline, out: out, resume: resume, events: events,
+                                                 shouldStop: { interruptRequested != 0 })
+                : try LanguageModelPipeline.run(spec, pipelinePath: pipeline, out: out, resume: resume, events: events,
+                                                shouldStop: { interruptRequested != 0 })
             progress.finish()
             if let table = summary["table"] as? [String] { printErr(table.joined(separator: "\n")) }
             try printJSON(summary)

@@ -154,11 +154,14 @@ public struct ClassifySpec {
     }
 }
 
+/// What a pipeline reports while it runs: a stage starting (a line for the log), or a training event.
+public enum PipelineEvent {
+    case stage(String)
+    case training(Trainer.Event)
+}
+
 public enum ClassificationPipeline {
-    public enum Event {
-        case stage(String)
-        case training(Trainer.Event)
-    }
+    public typealias Event = PipelineEvent
 
     /// Writes `<dir>/{train,val,test}/<class>.fa`: each positive and a dinucleotide-shuffled copy of it, the
     /// records split by a seeded permutation, so a shuffled control always sits in the same split as its source.

@@ -6,10 +6,7 @@ import Foundation
 /// into `out/<variant>/`, and the summary holds a table comparing them: parameters, held-out bits per token,
 /// training tokens/s and peak memory.
 public enum LanguageModelPipeline {
-    public enum Event {
-        case stage(String)
-        case training(Trainer.Event)
-    }
+    public typealias Event = PipelineEvent
 
     /// Runs the pipeline; returns the summary written to `out/summary.json`.
     public static func run(_ spec: PipelineSpec, pipelinePath: String, out: String, resume: Bool,
