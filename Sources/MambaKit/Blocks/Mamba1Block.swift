@@ -168,11 +168,10 @@ public final class Mamba1Block: Block {
         // u = SiLU(conv1d(x))
         let ctx = st.map { UnsafePointer($0.conv.ptr) }
         CausalConv1d.forward(out: a.convPre.ptr, x: a.xz.ptr, ldx: 2 * ED, weight: p.ptr(v.convW),
-                             bias: v.convB.map { p.ptr($0) }, context: ctx, B: B, L: L, ED: ED, K: K)
+                             bias: v.convB.map { p.ptr($0) }, context: ctx, B: B, L: L, ED: ED, K: K, silu: a.u.ptr)
         if let st {
             CausalConv1d.nextContext(into: st.conv.ptr, x: a.xz.ptr, ldx: 2 * ED, context: ctx, B: B, L: L, ED: ED, K: K)
         }
-        Activations.siluForward(out: a.u.ptr, inp: a.convPre.ptr, count: BL * ED)
         // [dt_low | B | C] = x_proj(u); Δ = softplus(dt_proj(dt_low))
         Linear.forward(out: a.xdbl.ptr, ldo: R + 2 * N, inp: a.u.ptr, ldi: ED, weight: p.ptr(v.xW),
                        bias: nil, M: BL, I: ED, O: R + 2 * N)

@@ -246,9 +246,8 @@ public final class Mamba2Block: Block {
         let xBC = a.zxbcdt.ptr + ED
         let ctx = st.map { UnsafePointer($0.conv.ptr) }
         CausalConv1d.forward(out: a.convPre.ptr, x: xBC, ldx: W, weight: p.ptr(convW), bias: convB.map { p.ptr($0) },
-                             context: ctx, B: B, L: L, ED: C, K: K)
+                             context: ctx, B: B, L: L, ED: C, K: K, silu: a.xbc.ptr)
         if let st { CausalConv1d.nextContext(into: st.conv.ptr, x: xBC, ldx: W, context: ctx, B: B, L: L, ED: C, K: K) }
-        Activations.siluForward(out: a.xbc.ptr, inp: a.convPre.ptr, count: BL * C)
         // Δ
         delta(out: a.delta.ptr, raw: a.zxbcdt.ptr + ED + C, ldraw: W, bias: p.ptr(dtBias), rows: BL)
         observe?(a.delta.ptr, H)
@@ -276,8 +275,8 @@ public final class Mamba2Block: Block {
         w.dnormed.zero()
         Linear.backward(dinp: w.dnormed.ptr, lddi: ED, dweight: g.ptr(outW), dbias: outB.map { g.ptr($0) }, dout: dout,
                         lddo: D, inp: a.normed.ptr, ldi: ED, weight: p.ptr(outW), M: BL, I: ED, O: D)
-        // Gated norm; dnorm.weight sums over rows: one partial per thread, added in thread order.
-        w.dzxbcdt.zero()
+        // Gated norm; dnorm.weight sums over rows: one partial per thread, added in thread order. It writes the z
+        // columns of dzxbcdt, the Δ loop below its dt columns and the conv backward its xBC columns: no memset.
         let grain = max(1, 4096 / max(ED, 1))
         let workers = Parallel.workers(for: BL, grain: grain)
         let parts = w.partials.floats(workers * ED)
@@ -310,7 +309,7 @@ public final class Mamba2Block: Block {
             for h in 0..<H {
                 let pre = raw[m * W + h] + bias[h]
                 let sp = softplus(pre)
-                guard sp >= lo && sp <= hi else { continue }
+                guard sp >= lo && sp <= hi else { dz[m * W + ED + C + h] = 0; continue }
                 let d = ddl[m * H + h] * sigmoid(pre)
                 dz[m * W + ED + C + h] = d
                 dbAcc[h] += Double(d)
@@ -326,7 +325,8 @@ public final class Mamba2Block: Block {
             storeF16x(loadF16x(dconv + i, n) * s * (1 + x * (1 - s)), dconv + i, n)
         }
         CausalConv1d.backward(dx: dz + ED, lddx: W, dweight: g.ptr(convW), dbias: convB.map { g.ptr($0) }, dout: dconv,
-                              x: a.zxbcdt.ptr + ED, ldx: W, weight: p.ptr(convW), B: B, L: L, ED: C, K: K)
+                              x: a.zxbcdt.ptr + ED, ldx: W, weight: p.ptr(convW), B: B, L: L, ED: C, K: K,
+                              accumulate: false)
         // in_proj
         Linear.backward(dinp: dinp, lddi: D, dweight: g.ptr(inW), dbias: inB.map { g.ptr($0) }, dout: dz, lddo: W,
                         inp: inp, ldi: D, weight: p.ptr(inW), M: BL, I: D, O: W)

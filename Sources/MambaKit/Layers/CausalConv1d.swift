@@ -6,11 +6,12 @@
 /// Layout is time-major: x rows have stride `ldx` (in_proj's output is `[x | z]`, so x is read in place), out is
 /// `(B, L, ED)`. Saves nothing: backward reads x again. `step` is forward with L = 1 and a context ring.
 public enum CausalConv1d {
-    /// out `(B, L, ED)`; x `(B, L, ldx)`; context `(B, K−1, ED)` or nil for zeros.
+    /// out `(B, L, ED)`; x `(B, L, ldx)`; context `(B, K−1, ED)` or nil for zeros. With `silu`, also writes
+    /// SiLU(out) `(B, L, ED)` there in the same pass over each row (what the Mamba mixers apply next).
     public static func forward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
                                weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                context: UnsafePointer<Float>?,
-                               B: Int, L: Int, ED: Int, K: Int) {
+                               B: Int, L: Int, ED: Int, K: Int, silu: UnsafeMutablePointer<Float>? = nil) {
         if B * L <= 2 {
             // A generation step: one or two rows, where transposing the taps would cost more than the rows.
             for row in 0..<(B * L) {
@@ -28,6 +29,7 @@ public enum CausalConv1d {
                     }
                     o[d] = acc
                 }
+                if let silu { siluRow(silu + row * ED, o, ED) }
             }
             return
         }
@@ -52,16 +54,30 @@ public enum CausalConv1d {
                     let w = wT + k * ED
                     for d in 0..<ED { o[d] += w[d] * xr[d] }
                 }
+                if let silu { siluRow(silu + row * ED, o, ED) }
             }
         }
     }
 
-    /// dx += ∂L/∂x (rows of stride `lddx`), dweight += ∂L/∂w, dbias += ∂L/∂b. Gradients into the context are not
-    /// needed (training always starts from zeros).
+    /// dst = SiLU(src) over one row of n, 16 lanes at a time (`Activations.siluForward`'s arithmetic).
+    @inline(__always)
+    static func siluRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
+        var j = 0
+        while j < n {
+            let w = min(16, n - j)
+            storeF16x(siluSIMD(loadF16x(src + j, w)), dst + j, w)
+            j += w
+        }
+    }
+
+    /// dx += ∂L/∂x (rows of stride `lddx`; with `accumulate: false`, dx = ∂L/∂x, so the caller need not zero it),
+    /// dweight += ∂L/∂w, dbias += ∂L/∂b. Gradients into the context are not needed (training always starts from
+    /// zeros).
     public static func backward(dx: UnsafeMutablePointer<Float>, lddx: Int,
                                 dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?,
                                 dout: UnsafePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
-                                weight: UnsafePointer<Float>, B: Int, L: Int, ED: Int, K: Int) {
+                                weight: UnsafePointer<Float>, B: Int, L: Int, ED: Int, K: Int,
+                                accumulate: Bool = true) {
         let wT = transposedTaps(weight, ED: ED, K: K)
         defer { wT.deallocate() }
         // dx: each input row gathers from the K output rows it feeds; rows are independent → parallel.
@@ -69,6 +85,7 @@ public enum CausalConv1d {
             for row in lo..<hi {
                 let b = row / L, t = row % L
                 let g = dx + row * lddx
+                if !accumulate { g.update(repeating: 0, count: ED) }
                 for k in 0..<K {
                     let dst = t + (K - 1) - k
                     if dst >= L { continue }
