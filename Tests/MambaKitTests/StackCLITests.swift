@@ -124,6 +124,8 @@ import Testing
             (["--pattern", "M", "--head-dim", "48", "--d-model", "32"], "multiple of --head-dim"),
             (["--pattern", "*", "--heads", "3", "--kv-heads", "2"], "multiple of num_key_value_heads"),
             (["--pattern", "M", "--groups", "3", "--head-dim", "16", "--d-model", "32"], "n_groups"),
+            (["--pattern", "M-", "--d-model", "4611686018427387904"], "larger than this version supports"),
+            (["--mixer", "mamba2", "--expand", "1e300"], "larger than this version supports"),
         ]
         for (args, phrase) in cases {
             let r = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", tmp.file("o"), "--steps", "1"] + args)
@@ -139,6 +141,11 @@ import Testing
             ("layers_block_type", ["linear_attention", "mlp", "sliding_attention", "mlp", "linear_attention", "mlp"], "unknown block type 'sliding_attention'"),
             ("num_key_value_heads", 4, "k_proj.weight"),
             ("mamba_head_dim", 8, "has shape"),
+            // Absurd sizes are refused before anything is allocated, never an overflow trap.
+            ("mamba_num_heads", 1 << 40, "larger than this version supports"),
+            ("mamba_head_dim", Int.max, "larger than this version supports"),
+            ("intermediate_size", 1 << 62, "larger than this version supports"),
+            ("num_attention_heads", 0, "positive"),
         ]
         for (key, value, phrase) in edits {
             var c = cfg

@@ -100,7 +100,7 @@ extension MambaConfig {
         if let act = try f.string("hidden_act"), act != "silu" {
             throw MambaKitError(.config, "hidden_act '\(act)' is not supported (expected silu)", at: f.path)
         }
-        let ed = Int(expand * Double(d))
+        let ed = widthInt(expand * Double(d))
         if ed != ssmHeads * ssmHeadDim {
             throw MambaKitError(.config, "hidden_size × expand (\(ed)) must equal num_heads × head_dim (\(ssmHeads) × \(ssmHeadDim))", at: f.path)
         }
@@ -219,7 +219,7 @@ extension MambaConfig {
             timeStepMin = try ssm.num("dt_min") ?? timeStepMin
             timeStepMax = try ssm.num("dt_max") ?? timeStepMax
             timeStepFloor = try ssm.num("dt_init_floor") ?? timeStepFloor
-            let ed = Int(expand * Double(d))
+            let ed = widthInt(expand * Double(d))
             guard ssmHeadDim > 0, ed % ssmHeadDim == 0 else {
                 throw MambaKitError(.config, "d_model × expand (\(ed)) is not a multiple of headdim (\(ssmHeadDim))", at: ssm.path)
             }
@@ -305,7 +305,10 @@ struct ConfigFields {
 
     func int(_ k: String) throws -> Int? {
         guard let v = o[k], !(v is NSNull) else { return nil }
-        if let n = v as? NSNumber, !jsonIsBool(n), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 9e15 {
+        if let n = v as? NSNumber, !jsonIsBool(n), n.doubleValue == n.doubleValue.rounded() {
+            guard abs(n.doubleValue) < 9e15 else {
+                throw MambaKitError(.config, "'\(k)' = \(v) is larger than this version supports", at: path)
+            }
             return n.intValue
         }
         throw MambaKitError(.config, "'\(k)' must be an integer (got \(v))", at: path)
@@ -313,6 +316,7 @@ struct ConfigFields {
 
     func positiveLayers(_ n: Int, _ key: String) throws {
         if n <= 0 { throw MambaKitError(.config, "\(key) must be positive (got \(n))", at: path) }
+        if n > 1 << 24 { throw MambaKitError(.config, "\(key) = \(n) is larger than this version supports (\(1 << 24))", at: path) }
     }
 
     func num(_ k: String) throws -> Double? {

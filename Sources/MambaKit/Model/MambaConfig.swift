@@ -82,7 +82,7 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
         stateSize = dState
         convKernel = dConv
         self.expand = expand
-        intermediateSize = Int(expand * Double(dModel))
+        intermediateSize = widthInt(expand * Double(dModel))
         timeStepRank = dtRank ?? (dModel + 15) / 16
         self.useConvBias = useConvBias
         self.useBias = useBias
@@ -132,6 +132,23 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
         try need(layerNormEpsilon > 0, "layer_norm_epsilon must be positive")
         try need(timeStepMin > 0 && timeStepMax >= timeStepMin, "time_step_min/max must satisfy 0 < min <= max")
         let kinds = Set(layerKinds)
+        // Every size below 2^24 (and every width made of two of them, too), so no layout arithmetic can overflow.
+        let limit = 1 << 24
+        func small(_ name: String, _ v: Int) throws {
+            try need(v <= limit, "\(name) = \(v) is larger than this version supports (\(limit))")
+        }
+        for (name, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("state_size", stateSize),
+                          ("num_hidden_layers", numHiddenLayers), ("conv_kernel", convKernel),
+                          ("intermediate_size", intermediateSize), ("time_step_rank", timeStepRank),
+                          ("Mamba-2 heads", ssmHeads), ("Mamba-2 head_dim", ssmHeadDim), ("n_groups", nGroups),
+                          ("chunk_size", chunkSize), ("num_attention_heads", attentionHeads),
+                          ("num_key_value_heads", kvHeads), ("attention head_dim", attentionHeadDim),
+                          ("MLP width", mlpWidth)] {
+            try small(name, v)
+        }
+        try small("Mamba-2 heads × head_dim", ssmHeads.multipliedReportingOverflow(by: ssmHeadDim).overflow ? Int.max : ssmInner)
+        try small("n_groups × state_size", nGroups * stateSize)
+        try small("attention heads × head_dim", attentionHeads * attentionHeadDim)
         switch modelType {
         case .mamba: try need(kinds == [.mamba1], "a 'mamba' model holds only Mamba-1 layers")
         case .mamba2: try need(kinds == [.mamba2], "a 'mamba2' model holds only Mamba-2 layers")
@@ -216,4 +233,13 @@ func ioReason(_ error: Error) -> String {
         }
     }
     return ns.localizedDescription
+}
+
+/// A width computed in Double (expand × d_model) as an Int, saturating instead of trapping on NaN, infinity or values
+/// out of range (the config's validation then refuses it).
+func widthInt(_ x: Double) -> Int {
+    guard x.isFinite else { return x > 0 ? Int.max : Int.min }
+    if x >= 9e18 { return Int.max }
+    if x <= -9e18 { return Int.min }
+    return Int(x)
 }

@@ -137,6 +137,12 @@ public struct ModelSpec: Equatable, Sendable {
             kinds = Array(repeating: mixer ?? .mamba1, count: layers ?? 4)
         }
         let D = dModel ?? 256
+        for (flag, v) in [("--d-model", D), ("--layers", kinds.count), ("--d-state", dState ?? 0), ("--head-dim", headDim ?? 0),
+                          ("--heads", heads ?? 0), ("--kv-heads", kvHeads ?? 0), ("--attn-head-dim", attnHeadDim ?? 0),
+                          ("--mlp-width", mlpWidth ?? 0), ("--groups", groups ?? 0), ("--chunk-size", chunkSize ?? 0)]
+        where v > 1 << 24 {
+            throw MambaKitError(.usage, "\(flag) \(v) is larger than this version supports (\(1 << 24))")
+        }
         if Set(kinds) == [.mamba1] {
             let c = MambaConfig(vocabSize: vocabSize, dModel: D, layers: kinds.count, dState: dState ?? 16,
                                 dConv: dConv ?? 4, expand: expand ?? 2, dtRank: dtRank, tie: tie ?? true)
@@ -153,7 +159,10 @@ public struct ModelSpec: Equatable, Sendable {
         c.expand = expand ?? 2
         c.chunkSize = chunkSize ?? 64
         c.nGroups = groups ?? 1
-        let ed = Int(c.expand * Double(D))
+        let ed = widthInt(c.expand * Double(D))
+        guard ed <= 1 << 24 else {
+            throw MambaKitError(.usage, "d_model × expand (\(ed)) is larger than this version supports (\(1 << 24))")
+        }
         c.ssmHeadDim = headDim ?? min(64, max(ed, 1))
         if kinds.contains(.mamba2) {
             guard ed > 0, ed % c.ssmHeadDim == 0 else {
