@@ -114,6 +114,21 @@ import Testing
         }
     }
 
+    /// Every committed pipeline parses, and every stack that pipelines/bytes-architectures.yaml names builds, with
+    /// about equal parameter counts (within 15 % of each other).
+    @Test func committedPipelinesParseAndArchitecturesBuild() throws {
+        let dir = CLI.root + "/pipelines"
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir) where f.hasSuffix(".yaml") {
+            _ = try PipelineSpec.load(path: dir + "/" + f)
+        }
+        let spec = try PipelineSpec.load(path: dir + "/bytes-architectures.yaml")
+        #expect(spec.variants.map(\.name) == ["mamba1", "mamba2", "hybrid", "attention"])
+        let configs = try spec.variants.map { try $0.model.merged(over: spec.model).config(vocabSize: 256) }
+        #expect(configs.map(\.pattern) == ["mmmm", "MMMM", "M-M*-M-", "*-*-*-*-"])
+        let counts = configs.map(\.parameterCount)
+        #expect(Double(counts.max()!) / Double(counts.min()!) < 1.15, "parameter counts \(counts)")
+    }
+
     @Test func badStacksGetClearErrors() throws {
         let tmp = TempDir()
         let cases: [([String], String)] = [
