@@ -146,6 +146,14 @@ import Testing
             let r = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", tmp.file("o"), "--steps", "1"] + args)
             #expect(r.status != 0 && r.stderr.hasPrefix("error: ") && r.stderr.contains(phrase), "\(args): \(r.stderr)")
         }
+        // Pipeline values reach ModelSpec without the CLI's checks: zero, negative and non-finite sizes are errors.
+        for edit in [{ (s: inout ModelSpec) in s.headDim = 0 }, { $0.attnHeadDim = 0 }, { $0.heads = -2 },
+                     { $0.groups = 0 }, { $0.expand = .nan }, { $0.chunkSize = 0 }] {
+            var spec = ModelSpec()
+            spec.pattern = "M*-"
+            edit(&spec)
+            #expect(throws: MambaKitError.self) { _ = try spec.config(vocabSize: 256) }
+        }
         // Checkpoints with block types this version does not hold, or shapes that disagree with their tensors.
         let dir = tmp.file("m")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

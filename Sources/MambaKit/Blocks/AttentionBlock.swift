@@ -35,10 +35,7 @@ public final class AttentionBlock: Block {
 
     /// HF `NemotronHPreTrainedModel._init_weights`: every projection N(0, initializer_range).
     public func initialize(_ params: Arena, rng: inout RNG) {
-        for t in [qW, kW, vW, oW] {
-            let p = params.ptr(t)
-            for i in 0..<t.count { p[i] = Float(rng.normal() * initializerRange) }
-        }
+        for t in [qW, kW, vW, oW] { params.fillNormal(t, std: initializerRange, rng: &rng) }
     }
 
     func dims(B: Int, L: Int) -> AttentionDims { AttentionDims(B: B, H: H, Hkv: Hkv, Dh: Dh, L: L) }

@@ -28,10 +28,7 @@ public final class MLPBlock: Block {
 
     /// HF `NemotronHPreTrainedModel._init_weights`: both weights N(0, initializer_range), biases 0.
     public func initialize(_ params: Arena, rng: inout RNG) {
-        for t in [upW, downW] {
-            let p = params.ptr(t)
-            for i in 0..<t.count { p[i] = Float(rng.normal() * initializerRange) }
-        }
+        for t in [upW, downW] { params.fillNormal(t, std: initializerRange, rng: &rng) }
     }
 
     final class Saved: BlockActivations {

@@ -63,22 +63,14 @@ public final class Mamba1Block: Block {
     /// D = 1; out_proj U(±1/√ED), divided by √n_layers if `rescale_prenorm_residual`; biases 0.
     public func initialize(_ params: Arena, rng: inout RNG) {
         let v = views
-        func normal(_ t: TensorView, std: Double) {
-            let p = params.ptr(t)
-            for i in 0..<t.count { p[i] = Float(rng.normal() * std) }
-        }
-        func uniform(_ t: TensorView, bound: Double) {
-            let p = params.ptr(t)
-            for i in 0..<t.count { p[i] = Float(rng.uniform(-bound, bound)) }
-        }
-        normal(v.inW, std: initializerRange)
-        normal(v.xW, std: initializerRange)
-        uniform(v.convW, bound: 1 / Double(K).squareRoot())
+        params.fillNormal(v.inW, std: initializerRange, rng: &rng)
+        params.fillNormal(v.xW, std: initializerRange, rng: &rng)
+        params.fillUniform(v.convW, bound: 1 / Double(K).squareRoot(), rng: &rng)
         let dtStd = 1 / Double(R).squareRoot() * timeStepScale
         if constantTimeStep {
             params.ptr(v.dtW).update(repeating: Float(dtStd), count: v.dtW.count)
         } else {
-            uniform(v.dtW, bound: dtStd)
+            params.fillUniform(v.dtW, bound: dtStd, rng: &rng)
         }
         let dtb = params.ptr(v.dtB)
         let (lo, hi) = (log(timeStepMin), log(timeStepMax))
@@ -89,7 +81,7 @@ public final class Mamba1Block: Block {
         let a = params.ptr(v.aLog)
         for d in 0..<ED { for n in 0..<N { a[d * N + n] = Float(log(Double(n + 1))) } }
         params.ptr(v.d).update(repeating: 1, count: ED)
-        uniform(v.outW, bound: outScale / Double(ED).squareRoot())
+        params.fillUniform(v.outW, bound: outScale / Double(ED).squareRoot(), rng: &rng)
     }
 
     // MARK: Activations, scratch, state

@@ -65,14 +65,6 @@ public final class Mamba2Block: Block {
     /// nemotron_h as transformers does); out_proj U(±1/√ED), divided by √n_layers with `rescale_prenorm_residual`;
     /// gated norm 1, biases 0.
     public func initialize(_ params: Arena, rng: inout RNG) {
-        func normal(_ t: TensorView, std: Double) {
-            let p = params.ptr(t)
-            for i in 0..<t.count { p[i] = Float(rng.normal() * std) }
-        }
-        func uniform(_ t: TensorView, bound: Double) {
-            let p = params.ptr(t)
-            for i in 0..<t.count { p[i] = Float(rng.uniform(-bound, bound)) }
-        }
         let (lo, hi) = (log(timeStepMin), log(timeStepMax))
         let db = params.ptr(dtBias)
         for h in 0..<H {
@@ -82,10 +74,14 @@ public final class Mamba2Block: Block {
         let a = params.ptr(aLog)
         for h in 0..<H { a[h] = Float(log(rng.uniform(1, 16))) }
         params.ptr(dParam).update(repeating: 1, count: H)
-        if kaimingConv { uniform(convW, bound: 1 / Double(K).squareRoot()) } else { normal(convW, std: initializerRange) }
-        normal(inW, std: initializerRange)
+        if kaimingConv {
+            params.fillUniform(convW, bound: 1 / Double(K).squareRoot(), rng: &rng)
+        } else {
+            params.fillNormal(convW, std: initializerRange, rng: &rng)
+        }
+        params.fillNormal(inW, std: initializerRange, rng: &rng)
         params.ptr(normW).update(repeating: 1, count: ED)
-        uniform(outW, bound: outScale / Double(ED).squareRoot())
+        params.fillUniform(outW, bound: outScale / Double(ED).squareRoot(), rng: &rng)
     }
 
     // MARK: Activations, scratch, state

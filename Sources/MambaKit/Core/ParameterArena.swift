@@ -67,6 +67,19 @@ public final class Arena {
 
     public func zero() { buffer.zero() }
 
+    /// Initialisers: every element of `v` from N(0, std), from U(−bound, bound), or `x` (draws in element order).
+    public func fillNormal(_ v: TensorView, std: Double, rng: inout RNG) {
+        let p = ptr(v)
+        for i in 0..<v.count { p[i] = Float(rng.normal() * std) }
+    }
+
+    public func fillUniform(_ v: TensorView, bound: Double, rng: inout RNG) {
+        let p = ptr(v)
+        for i in 0..<v.count { p[i] = Float(rng.uniform(-bound, bound)) }
+    }
+
+    public func fill(_ v: TensorView, _ x: Float) { ptr(v).update(repeating: x, count: v.count) }
+
     public func copy(from other: Arena) {
         precondition(other.layout == layout)
         buffer.ptr.update(from: other.buffer.ptr, count: layout.total)

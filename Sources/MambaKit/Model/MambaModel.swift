@@ -75,20 +75,15 @@ public final class MambaModel {
     public func initialize(rng: inout RNG) {
         let c = config
         params.zero()
-        func normal(_ v: TensorView, std: Double) {
-            let p = params.ptr(v)
-            for i in 0..<v.count { p[i] = Float(rng.normal() * std) }
-        }
-        func fill(_ v: TensorView, _ x: Float) { params.ptr(v).update(repeating: x, count: v.count) }
         let std = c.initializerRange
-        normal(embedView, std: std)
+        params.fillNormal(embedView, std: std, rng: &rng)
         for (norm, block) in zip(layerNorms, blocks) {
-            fill(norm, 1)
+            params.fill(norm, 1)
             block.initialize(params, rng: &rng)
         }
-        fill(normFView, 1)
-        if !c.tieWordEmbeddings { normal(headView, std: std) }
-        if let w = params.layout.view("classifier.weight") { normal(w, std: std) }
+        params.fill(normFView, 1)
+        if !c.tieWordEmbeddings { params.fillNormal(headView, std: std, rng: &rng) }
+        if let w = params.layout.view("classifier.weight") { params.fillNormal(w, std: std, rng: &rng) }
     }
 
     public func zeroGradients() { grads.zero() }

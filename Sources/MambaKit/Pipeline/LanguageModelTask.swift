@@ -137,11 +137,18 @@ public struct ModelSpec: Equatable, Sendable {
             kinds = Array(repeating: mixer ?? .mamba1, count: layers ?? 4)
         }
         let D = dModel ?? 256
-        for (flag, v) in [("--d-model", D), ("--layers", kinds.count), ("--d-state", dState ?? 0), ("--head-dim", headDim ?? 0),
-                          ("--heads", heads ?? 0), ("--kv-heads", kvHeads ?? 0), ("--attn-head-dim", attnHeadDim ?? 0),
-                          ("--mlp-width", mlpWidth ?? 0), ("--groups", groups ?? 0), ("--chunk-size", chunkSize ?? 0)]
-        where v > 1 << 24 {
-            throw MambaKitError(.usage, "\(flag) \(v) is larger than this version supports (\(1 << 24))")
+        // Every size given (flag or pipeline key) in 1 ... 2^24, before any arithmetic on it.
+        let given: [(String, Int?)] = [
+            ("--d-model", D), ("--layers", kinds.count), ("--d-state", dState), ("--d-conv", dConv), ("--dt-rank", dtRank),
+            ("--head-dim", headDim), ("--heads", heads), ("--kv-heads", kvHeads), ("--attn-head-dim", attnHeadDim),
+            ("--mlp-width", mlpWidth), ("--groups", groups), ("--chunk-size", chunkSize),
+        ]
+        for case let (flag, v?) in given where !(1...(1 << 24)).contains(v) {
+            throw MambaKitError(.usage, v < 1 ? "\(flag) must be positive (got \(v))"
+                                              : "\(flag) \(v) is larger than this version supports (\(1 << 24))")
+        }
+        if let expand, !(expand.isFinite && expand > 0) {
+            throw MambaKitError(.usage, "--expand must be a positive number (got \(expand))")
         }
         if Set(kinds) == [.mamba1] {
             let c = MambaConfig(vocabSize: vocabSize, dModel: D, layers: kinds.count, dState: dState ?? 16,
