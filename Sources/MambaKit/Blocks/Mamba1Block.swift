@@ -227,13 +227,10 @@ public final class Mamba1Block: Block {
         Linear.backward(dinp: w.du.ptr, lddi: ED, dweight: g.ptr(v.xW), dbias: nil,
                         dout: w.dxdbl.ptr, lddo: R + 2 * N, inp: a.u.ptr, ldi: ED, weight: p.ptr(v.xW),
                         M: BL, I: ED, O: R + 2 * N)
-        // SiLU after the conv (dconv reuses ddelta, free after dt_proj)
-        let dconv = w.ddelta.ptr
-        dconv.update(repeating: 0, count: BL * ED)
-        Activations.siluBackward(dinp: dconv, dout: w.du.ptr, inp: a.convPre.ptr, count: BL * ED)
+        // SiLU after the conv, and the conv (one pass)
         CausalConv1d.backward(dx: w.dxz.ptr, lddx: 2 * ED, dweight: g.ptr(v.convW),
-                              dbias: v.convB.map { g.ptr($0) }, dout: dconv, x: a.xz.ptr, ldx: 2 * ED,
-                              weight: p.ptr(v.convW), B: B, L: L, ED: ED, K: K)
+                              dbias: v.convB.map { g.ptr($0) }, dout: w.du.ptr, x: a.xz.ptr, ldx: 2 * ED,
+                              weight: p.ptr(v.convW), B: B, L: L, ED: ED, K: K, siluPre: a.convPre.ptr)
         // in_proj
         Linear.backward(dinp: dinp, lddi: D, dweight: g.ptr(v.inW), dbias: v.inB.map { g.ptr($0) },
                         dout: w.dxz.ptr, lddo: 2 * ED, inp: inp, ldi: D, weight: p.ptr(v.inW),

@@ -144,10 +144,42 @@ public final class Mamba2Block: Block {
     /// Δ = clamp(softplus(raw + dt_bias)) for `rows` rows of H (raw rows of stride `ldraw`).
     func delta(out: UnsafeMutablePointer<Float>, raw: UnsafePointer<Float>, ldraw: Int, bias: UnsafePointer<Float>,
                rows: Int) {
-        let (lo, hi) = clamp
-        for r in 0..<rows {
-            for h in 0..<H { out[r * H + h] = min(max(softplus(raw[r * ldraw + h] + bias[h]), lo), hi) }
+        // raw + dt_bias gathered into the contiguous (rows, H) first: a strided read of a few columns per row, which
+        // waits on memory, split over the threads.
+        Parallel.forRanges(rows, grain: 1024) { _, r0, r1 in
+            for r in r0..<r1 { for h in 0..<self.H { out[r * self.H + h] = raw[r * ldraw + h] + bias[h] } }
         }
+        // Then softplus and the clamp over the contiguous (rows, H), 16 lanes at a time.
+        Self.softplusClamp(out, count: rows * H, lo: clamp.lo, hi: clamp.hi)
+    }
+
+    /// x ← min(max(softplus(x), lo), hi) in place. Not inlined, so that the vector code stays vector code.
+    @inline(never)
+    static func softplusClamp(_ x: UnsafeMutablePointer<Float>, count: Int, lo: Float, hi: Float) {
+        let (lo, hi) = (F16x(repeating: lo), F16x(repeating: hi))
+        @inline(__always) func one(_ i: Int, _ n: Int) {
+            storeF16x(pointwiseMin(pointwiseMax(softplusSIMD(loadF16x(x + i, n)), lo), hi), x + i, n)
+        }
+        var i = 0
+        while i + 16 <= count { one(i, 16); i += 16 }
+        if i < count { one(i, count - i) }
+    }
+
+    /// d ← d · sigmoid(pre) where lo ≤ softplus(pre) ≤ hi, else 0 (the gradient through `softplusClamp`, PyTorch's
+    /// clamp passing it at the bounds), in place. Not inlined, as `softplusClamp`.
+    @inline(never)
+    static func softplusClampBackward(_ d: UnsafeMutablePointer<Float>, pre: UnsafePointer<Float>, count: Int,
+                                      lo: Float, hi: Float) {
+        let (lo, hi) = (F16x(repeating: lo), F16x(repeating: hi))
+        @inline(__always) func one(_ i: Int, _ n: Int) {
+            let pv = loadF16x(pre + i, n)
+            let sp = softplusSIMD(pv)
+            let pass = (sp .>= lo) .& (sp .<= hi)
+            storeF16x((loadF16x(d + i, n) * sigmoidSIMD(pv)).replacing(with: 0, where: .!pass), d + i, n)
+        }
+        var i = 0
+        while i + 16 <= count { one(i, 16); i += 16 }
+        if i < count { one(i, count - i) }
     }
 
     /// The gated RMSNorm over `rows` rows: g = y ⊙ SiLU(z) (z rows of stride `ldz`), then per group of ED/G channels
@@ -161,29 +193,37 @@ public final class Mamba2Block: Block {
         }
     }
 
-    @inline(__always)
     func gatedNormRow(out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>?, y: UnsafePointer<Float>,
                       z: UnsafePointer<Float>, weight: UnsafePointer<Float>, groupSize gs: Int) {
         for g in 0..<G {
             let c0 = g * gs
-            var ss = F16x()
-            var c = c0
-            while c < c0 + gs {
-                let n = min(16, c0 + gs - c)
-                let v = loadF16x(y + c, n) * siluSIMD(loadF16x(z + c, n))
-                storeF16x(v, out + c, n)
-                ss = ss + v * v
-                c += n
-            }
-            let r = 1 / (ss.sum() / Float(gs) + eps).squareRoot()
+            let r = Self.gatedNormGroup(out: out + c0, y: y + c0, z: z + c0, weight: weight + c0, gs: gs, eps: eps)
             rstd?[g] = r
-            c = c0
-            while c < c0 + gs {
-                let n = min(16, c0 + gs - c)
-                storeF16x(loadF16x(weight + c, n) * (loadF16x(out + c, n) * r), out + c, n)
-                c += n
-            }
         }
+    }
+
+    /// One group of one row of the gated norm; returns its rstd. Not inlined, as `gatedNormGroupBackward`.
+    @inline(never)
+    static func gatedNormGroup(out: UnsafeMutablePointer<Float>, y: UnsafePointer<Float>, z: UnsafePointer<Float>,
+                               weight: UnsafePointer<Float>, gs: Int, eps: Float) -> Float {
+        var ss = F16x()
+        @inline(__always) func first(_ c: Int, _ n: Int) {
+            let zv = loadF16x(z + c, n)
+            let v = loadF16x(y + c, n) * (zv / (1 + expSIMD(-zv)))
+            storeF16x(v, out + c, n)
+            ss = ss + v * v
+        }
+        var c = 0
+        while c + 16 <= gs { first(c, 16); c += 16 }
+        if c < gs { first(c, gs - c) }
+        let r = 1 / (ss.sum() / Float(gs) + eps).squareRoot()
+        @inline(__always) func second(_ c: Int, _ n: Int) {
+            storeF16x(loadF16x(weight + c, n) * (loadF16x(out + c, n) * r), out + c, n)
+        }
+        c = 0
+        while c + 16 <= gs { second(c, 16); c += 16 }
+        if c < gs { second(c, gs - c) }
+        return r
     }
 
     /// Backward of `gatedNorm` for rows lo..<hi: with u = y ⊙ SiLU(z), n = w ⊙ u·r per group,
@@ -195,34 +235,47 @@ public final class Mamba2Block: Block {
                            rows: Range<Int>) {
         let gs = ED / G
         for m in rows {
-            let (yr, zr, dnr, dyr, dzr) = (y + m * ED, z + m * ldz, dn + m * ED, dy + m * ED, dz + m * lddz)
             for g in 0..<G {
-                let r = rstd[m * G + g]
                 let c0 = g * gs
-                var dot = F16x()
-                var c = c0
-                while c < c0 + gs {
-                    let n = min(16, c0 + gs - c)
-                    let u = loadF16x(yr + c, n) * siluSIMD(loadF16x(zr + c, n))
-                    let wdn = loadF16x(weight + c, n) * loadF16x(dnr + c, n)
-                    dot = dot + wdn * u
-                    storeF16x(loadF16x(dw + c, n) + loadF16x(dnr + c, n) * (u * r), dw + c, n)
-                    c += n
-                }
-                let k = dot.sum() * r * r * r / Float(gs)
-                c = c0
-                while c < c0 + gs {
-                    let n = min(16, c0 + gs - c)
-                    let zv = loadF16x(zr + c, n), yv = loadF16x(yr + c, n)
-                    let s = sigmoidSIMD(zv)
-                    let sl = zv * s
-                    let du = r * loadF16x(weight + c, n) * loadF16x(dnr + c, n) - (yv * sl) * k
-                    storeF16x(du * sl, dyr + c, n)
-                    storeF16x(du * yv * s * (1 + zv * (1 - s)), dzr + c, n)
-                    c += n
-                }
+                Self.gatedNormGroupBackward(dy: dy + m * ED + c0, dz: dz + m * lddz + c0, dw: dw + c0,
+                                            dn: dn + m * ED + c0, y: y + m * ED + c0, z: z + m * ldz + c0,
+                                            r: rstd[m * G + g], weight: weight + c0, gs: gs)
             }
         }
+    }
+
+    /// One group of one row of `gatedNormBackward`. Not inlined: compiled on its own, its exponentials stay in
+    /// vector registers (inlined into the row loop, LLVM scalarised part of them).
+    @inline(never)
+    static func gatedNormGroupBackward(dy: UnsafeMutablePointer<Float>, dz: UnsafeMutablePointer<Float>,
+                                       dw: UnsafeMutablePointer<Float>, dn: UnsafePointer<Float>,
+                                       y: UnsafePointer<Float>, z: UnsafePointer<Float>, r: Float,
+                                       weight: UnsafePointer<Float>, gs: Int) {
+        // First pass: ⟨w ⊙ dn, u⟩ and dw; 1 + e^−z is parked in dy for the second pass (one exp per element).
+        var dot = F16x()
+        @inline(__always) func first(_ c: Int, _ n: Int) {
+            let zv = loadF16x(z + c, n)
+            let den = 1 + expSIMD(-zv)
+            storeF16x(den, dy + c, n)
+            let u = loadF16x(y + c, n) * (zv / den)
+            dot = dot + loadF16x(weight + c, n) * loadF16x(dn + c, n) * u
+            storeF16x(loadF16x(dw + c, n) + loadF16x(dn + c, n) * (u * r), dw + c, n)
+        }
+        var c = 0
+        while c + 16 <= gs { first(c, 16); c += 16 }
+        if c < gs { first(c, gs - c) }
+        let k = dot.sum() * r * r * r / Float(gs)
+        @inline(__always) func second(_ c: Int, _ n: Int) {
+            let zv = loadF16x(z + c, n), yv = loadF16x(y + c, n)
+            let s = 1 / loadF16x(dy + c, n)
+            let sl = zv * s
+            let du = r * loadF16x(weight + c, n) * loadF16x(dn + c, n) - (yv * sl) * k
+            storeF16x(du * sl, dy + c, n)
+            storeF16x(du * yv * s * (1 + zv * (1 - s)), dz + c, n)
+        }
+        c = 0
+        while c + 16 <= gs { second(c, 16); c += 16 }
+        if c < gs { second(c, gs - c) }
     }
 
     // MARK: Forward and backward
@@ -298,31 +351,23 @@ public final class Mamba2Block: Block {
         let gA = g.ptr(aLog)
         for h in 0..<H { gA[h] += w.dA.ptr[h] * A[h] }
         // Δ = clamp(softplus(pre)): the clamp passes the gradient where lo ≤ softplus(pre) ≤ hi (PyTorch's clamp).
-        let (lo, hi) = clamp
         let (db, bias, raw, ddl) = (g.ptr(dtBias), p.ptr(dtBias), a.zxbcdt.ptr + ED + C, w.ddelta.ptr)
+        let pre = w.partials.floats(BL * H)
+        Parallel.forRanges(BL, grain: 1024) { _, r0, r1 in
+            for m in r0..<r1 { for h in 0..<self.H { pre[m * self.H + h] = raw[m * self.W + h] + bias[h] } }
+        }
+        // ∂/∂pre = ∂/∂Δ · sigmoid(pre) where the clamp passes, in place over ddelta's contiguous (BL, H).
+        Self.softplusClampBackward(ddl, pre: pre, count: BL * H, lo: clamp.lo, hi: clamp.hi)
+        Parallel.forRanges(BL, grain: 1024) { _, r0, r1 in
+            for m in r0..<r1 { for h in 0..<self.H { dz[m * self.W + self.ED + self.C + h] = ddl[m * self.H + h] } }
+        }
         var dbAcc = [Double](repeating: 0, count: H)
-        for m in 0..<BL {
-            for h in 0..<H {
-                let pre = raw[m * W + h] + bias[h]
-                let sp = softplus(pre)
-                guard sp >= lo && sp <= hi else { dz[m * W + ED + C + h] = 0; continue }
-                let d = ddl[m * H + h] * sigmoid(pre)
-                dz[m * W + ED + C + h] = d
-                dbAcc[h] += Double(d)
-            }
-        }
+        for m in 0..<BL { for h in 0..<H { dbAcc[h] += Double(ddl[m * H + h]) } }
         for h in 0..<H { db[h] += Float(dbAcc[h]) }
-        // SiLU after the conv, then the conv into xBC's columns of dzxbcdt.
-        let dconv = w.dxbc.ptr  // reused in place: dconv = dxbc ⊙ SiLU′(convPre)
-        let pre = a.convPre.ptr
-        Activations.forEachVector(BL * C) { i, n in
-            let x = loadF16x(pre + i, n)
-            let s = sigmoidSIMD(x)
-            storeF16x(loadF16x(dconv + i, n) * s * (1 + x * (1 - s)), dconv + i, n)
-        }
-        CausalConv1d.backward(dx: dz + ED, lddx: W, dweight: g.ptr(convW), dbias: convB.map { g.ptr($0) }, dout: dconv,
-                              x: a.zxbcdt.ptr + ED, ldx: W, weight: p.ptr(convW), B: B, L: L, ED: C, K: K,
-                              accumulate: false)
+        // SiLU after the conv, and the conv, into xBC's columns of dzxbcdt (one pass).
+        CausalConv1d.backward(dx: dz + ED, lddx: W, dweight: g.ptr(convW), dbias: convB.map { g.ptr($0) },
+                              dout: w.dxbc.ptr, x: a.zxbcdt.ptr + ED, ldx: W, weight: p.ptr(convW), B: B, L: L,
+                              ED: C, K: K, accumulate: false, siluPre: a.convPre.ptr)
         // in_proj
         Linear.backward(dinp: dinp, lddi: D, dweight: g.ptr(inW), dbias: inB.map { g.ptr($0) }, dout: dz, lddo: W,
                         inp: inp, ldi: D, weight: p.ptr(inW), M: BL, I: D, O: W)

@@ -33,89 +33,131 @@ public enum CausalConv1d {
             }
             return
         }
-        // Taps transposed to (K, ED) so that every inner loop runs over contiguous channels.
+        // Taps transposed to (K, ED) so that every inner loop runs over contiguous channels; each 16-channel strip of
+        // an output row is summed in registers and stored once (with its SiLU beside it).
         let wT = transposedTaps(weight, ED: ED, K: K)
         defer { wT.deallocate() }
         Parallel.forRanges(B * L, grain: max(1, 16_384 / max(1, ED * K))) { _, lo, hi in
             for row in lo..<hi {
                 let b = row / L, t = row % L
                 let o = out + row * ED
-                if let bias { o.update(from: bias, count: ED) } else { o.update(repeating: 0, count: ED) }
-                for k in 0..<K {
-                    let src = t - (K - 1) + k
-                    let xr: UnsafePointer<Float>
-                    if src >= 0 {
-                        xr = x + (b * L + src) * ldx
-                    } else if let context {
-                        xr = context + (b * (K - 1) + (K - 1 + src)) * ED
-                    } else {
-                        continue
+                var c = 0
+                while c < ED {
+                    let n = min(16, ED - c)
+                    var acc = bias.map { loadF16x($0 + c, n) } ?? F16x()
+                    for k in 0..<K {
+                        let src = t - (K - 1) + k
+                        let xr: UnsafePointer<Float>
+                        if src >= 0 {
+                            xr = x + (b * L + src) * ldx
+                        } else if let context {
+                            xr = context + (b * (K - 1) + (K - 1 + src)) * ED
+                        } else {
+                            continue
+                        }
+                        acc = acc + loadF16x(wT + k * ED + c, n) * loadF16x(xr + c, n)
                     }
-                    let w = wT + k * ED
-                    for d in 0..<ED { o[d] += w[d] * xr[d] }
+                    storeF16x(acc, o + c, n)
+                    c += n
                 }
                 if let silu { siluRow(silu + row * ED, o, ED) }
             }
         }
     }
 
-    /// dst = SiLU(src) over one row of n, 16 lanes at a time (`Activations.siluForward`'s arithmetic).
-    @inline(__always)
+    /// dst = SiLU(src) over one row of n, 16 lanes at a time (`Activations.siluForward`'s arithmetic). Not inlined:
+    /// compiled on its own, the exponential stays in vector registers (inlined into the larger loops around it,
+    /// LLVM scalarised part of it).
+    @inline(never)
     static func siluRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
         var j = 0
-        while j < n {
-            let w = min(16, n - j)
-            storeF16x(siluSIMD(loadF16x(src + j, w)), dst + j, w)
-            j += w
+        while j + 16 <= n {
+            storeF16x(siluSIMD(loadF16x(src + j, 16)), dst + j, 16)
+            j += 16
         }
+        if j < n { storeF16x(siluSIMD(loadF16x(src + j, n - j)), dst + j, n - j) }
+    }
+
+    /// dst = dout ⊙ SiLU′(pre) over one row of n (`Activations.siluBackward`'s arithmetic); not inlined, as `siluRow`.
+    @inline(never)
+    static func siluGradRow(_ dst: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
+                            _ pre: UnsafePointer<Float>, _ n: Int) {
+        @inline(__always) func one(_ j: Int, _ w: Int) {
+            let x = loadF16x(pre + j, w)
+            let s = sigmoidSIMD(x)
+            storeF16x(loadF16x(dout + j, w) * s * (1 + x * (1 - s)), dst + j, w)
+        }
+        var j = 0
+        while j + 16 <= n { one(j, 16); j += 16 }
+        if j < n { one(j, n - j) }
     }
 
     /// dx += ∂L/∂x (rows of stride `lddx`; with `accumulate: false`, dx = ∂L/∂x, so the caller need not zero it),
     /// dweight += ∂L/∂w, dbias += ∂L/∂b. Gradients into the context are not needed (training always starts from
-    /// zeros).
+    /// zeros). With `siluPre` (the conv's output, saved by forward), `dout` is the gradient of SiLU(out) and
+    /// SiLU′ is applied here, in blocks of rows kept in cache, instead of in a pass of its own.
+    ///
+    /// One pass: each worker takes a range of rows in blocks of 32; per block it forms the conv output gradient
+    /// for the block and the K−1 rows after it, then dx of the block's rows (gathered from the K output rows each
+    /// feeds, in tap order) and its partial dweight and dbias (in row order). Partials are added in worker order.
     public static func backward(dx: UnsafeMutablePointer<Float>, lddx: Int,
                                 dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?,
                                 dout: UnsafePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
                                 weight: UnsafePointer<Float>, B: Int, L: Int, ED: Int, K: Int,
-                                accumulate: Bool = true) {
+                                accumulate: Bool = true, siluPre: UnsafePointer<Float>? = nil) {
+        let rows = B * L
+        guard rows > 0, ED > 0 else { return }
         let wT = transposedTaps(weight, ED: ED, K: K)
         defer { wT.deallocate() }
-        // dx: each input row gathers from the K output rows it feeds; rows are independent → parallel.
-        Parallel.forRanges(B * L, grain: max(1, 16_384 / max(1, ED * K))) { _, lo, hi in
-            for row in lo..<hi {
-                let b = row / L, t = row % L
-                let g = dx + row * lddx
-                if !accumulate { g.update(repeating: 0, count: ED) }
-                for k in 0..<K {
-                    let dst = t + (K - 1) - k
-                    if dst >= L { continue }
-                    let go = dout + (b * L + dst) * ED
-                    let w = wT + k * ED
-                    for d in 0..<ED { g[d] += w[d] * go[d] }
+        let block = 32
+        let grain = max(block, 16_384 / max(1, ED * K))
+        let workers = Parallel.workers(for: rows, grain: grain)
+        // Per worker: partial dweight (K, ED) and dbias (ED), then the block's SiLU′-scaled gradient rows.
+        let stride = (K + 1) * ED + (siluPre == nil ? 0 : (block + K - 1) * ED)
+        let scratch = FloatBuffer(count: workers * stride)
+        Parallel.forRanges(rows, grain: grain) { wk, lo, hi in
+            let acc = scratch.ptr + wk * stride
+            acc.update(repeating: 0, count: (K + 1) * ED)
+            let gbuf = acc + (K + 1) * ED
+            var r0 = lo
+            while r0 < hi {
+                let r1 = min(r0 + block, hi)
+                // The output gradient for rows r0 ..< r1 + K − 1 (dx of row r reads rows up to r + K − 1).
+                let g1 = min(r1 + K - 1, rows)
+                if let pre = siluPre {
+                    for r in r0..<g1 { siluGradRow(gbuf + (r - r0) * ED, dout + r * ED, pre + r * ED, ED) }
                 }
-            }
-        }
-        // dweight, dbias: per-worker partial sums over its rows, in (K, ED) layout, added in worker order.
-        let workers = Parallel.workers(for: B * L, grain: 64)
-        let partial = FloatBuffer(count: workers * (K + 1) * ED)
-        Parallel.forRanges(B * L, grain: 64) { wk, lo, hi in
-            let acc = partial.ptr + wk * (K + 1) * ED
-            for row in lo..<hi {
-                let b = row / L, t = row % L
-                let go = dout + row * ED
-                for k in 0..<K {
-                    let src = t - (K - 1) + k
-                    if src < 0 { continue }
-                    let xr = x + (b * L + src) * ldx
-                    let a = acc + k * ED
-                    for d in 0..<ED { a[d] += go[d] * xr[d] }
+                @inline(__always) func grad(_ r: Int) -> UnsafePointer<Float> {
+                    siluPre == nil ? dout + r * ED : UnsafePointer(gbuf + (r - r0) * ED)
                 }
-                let ab = acc + K * ED
-                for d in 0..<ED { ab[d] += go[d] }
+                for row in r0..<r1 {
+                    let b = row / L, t = row % L
+                    let gx = dx + row * lddx
+                    let go = grad(row)
+                    var c = 0
+                    while c < ED {
+                        let n = min(16, ED - c)
+                        var v = accumulate ? loadF16x(gx + c, n) : F16x()
+                        for k in 0..<K where t + (K - 1) - k < L {
+                            v = v + loadF16x(wT + k * ED + c, n) * loadF16x(grad(row + (K - 1) - k) + c, n)
+                        }
+                        storeF16x(v, gx + c, n)
+                        // dweight[k] += go ⊙ x[t − (K−1) + k];  dbias += go
+                        let gv = loadF16x(go + c, n)
+                        for k in 0..<K where t - (K - 1) + k >= 0 {
+                            let a = acc + k * ED + c
+                            storeF16x(loadF16x(a, n) + gv * loadF16x(x + (row - (K - 1) + k) * ldx + c, n), a, n)
+                        }
+                        let ab = acc + K * ED + c
+                        storeF16x(loadF16x(ab, n) + gv, ab, n)
+                        c += n
+                    }
+                }
+                r0 = r1
             }
         }
         for wk in 0..<workers {
-            let acc = partial.ptr + wk * (K + 1) * ED
+            let acc = scratch.ptr + wk * stride
             for d in 0..<ED {
                 for k in 0..<K { dweight[d * K + k] += acc[k * ED + d] }
                 dbias?[d] += acc[K * ED + d]
