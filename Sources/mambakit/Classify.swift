@@ -73,6 +73,8 @@ struct ClassifyTrain: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
+            try shape.checkRanges()
+            try Settings.check("patience", patience, .flags)
             var file = PipelineSpec(name: "classify")
             if let cfg = shape.config { file = try PipelineSpec.load(path: cfg) }
             var s = ClassificationTask.Settings(train: train, out: out)
@@ -94,10 +96,7 @@ struct ClassifyTrain: ParsableCommand {
             s.valFraction = shape.valFraction ?? 0.1
             s.resume = resume
             var trainSpec = shape.trainSpec.merged(over: file.train)
-            if let patience {
-                guard patience >= 0 else { throw MambaKitError(.usage, "--patience must be ≥ 0") }
-                trainSpec.patience = patience
-            }
+            if let patience { trainSpec.patience = patience }
             let progress = ProgressRenderer()
             installInterruptHandler()
             let (trainer, _) = try ClassificationTask.train(
@@ -125,7 +124,7 @@ struct ClassifyEval: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
-            guard chunk > 0 else { throw MambaKitError(.usage, "--chunk must be positive") }
+            try Settings.check("chunk", chunk, .flags)
             var loaded = try ClassificationTask.Loaded(directory: model)
             if let strand {
                 guard let st = StrandStrategy(rawValue: strand) else { throw MambaKitError(.usage, "--strand '\(strand)' is not one of none, rc-average") }
@@ -164,7 +163,8 @@ struct ClassifyPredict: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
-            guard chunk > 0, batchSize > 0 else { throw MambaKitError(.usage, "--chunk and --batch-size must be positive") }
+            try Settings.check("chunk", chunk, .flags)
+            try Settings.check("batch_size", batchSize, .flags)
             var loaded = try ClassificationTask.Loaded(directory: model)
             if let strand {
                 guard let st = StrandStrategy(rawValue: strand) else { throw MambaKitError(.usage, "--strand '\(strand)' is not one of none, rc-average") }
@@ -200,9 +200,14 @@ struct Fragments: ParsableCommand {
             let names = splits.split(separator: ",").map(String.init)
             let c = counts.split(separator: ",").map { Int($0) }
             let f = fractions.split(separator: ",").map { Double($0) }
-            guard c.count == names.count, f.count == names.count, !c.contains(nil), !f.contains(nil), seed >= 0 else {
-                throw MambaKitError(.usage, "--splits, --counts and --fractions need one value per split (got \(names.count), \(c.count), \(f.count))")
+            guard c.count == names.count, f.count == names.count, !c.contains(nil), !f.contains(nil) else {
+                throw MambaKitError(.usage, "--splits, --counts and --fractions need one value per split, each a number (got \(names.count), \(c.count), \(f.count))")
             }
+            try Settings.check("length", length, .flags)
+            try Settings.check("seed", seed, .flags)
+            try Settings.check("max_ambiguous", maxAmbiguous, .flags)
+            for v in c.compactMap({ $0 }) { try Settings.check("count", v, .flags) }
+            try ClassifySpec.checkFractions(f.compactMap { $0 }, .flags)
             let result = try FragmentSampler.write(
                 sources: LanguageModelTask.expandPaths(from), length: length,
                 splits: names.indices.map { FragmentSampler.Split(name: names[$0], fraction: f[$0]!, count: c[$0]!) },
@@ -227,6 +232,7 @@ struct ClassifyExplain: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
+            try Settings.check("chunk", chunk, .flags)
             let loaded = try ClassificationTask.Loaded(directory: model)
             let reader = try SequenceReader(path: input)
             var found: SequenceRecord? = nil

@@ -16,7 +16,7 @@ struct Eval: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
-            guard chunk > 0 else { throw MambaKitError(.usage, "--chunk must be positive") }
+            try Settings.check("chunk", chunk, .flags)
             let m = try MambaModel.load(directory: model)
             let fmt = try DataFormat.parse(format ?? (m.config.mambakit["format"] as? String) ?? "bytes")
             let report = try LanguageModelTask.evaluate(model: m, path: data, format: fmt, chunk: chunk)
@@ -62,8 +62,12 @@ struct Generate: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
-            guard maxNewTokens >= 0 else { throw MambaKitError(.usage, "--max-new-tokens must be ≥ 0") }
-            guard seed >= 0 else { throw MambaKitError(.usage, "--seed must be ≥ 0") }
+            try Settings.check("max_new_tokens", maxNewTokens, .flags)
+            try Settings.check("temperature", temperature, .flags)
+            try Settings.check("top_k", topK, .flags)
+            try Settings.check("top_p", topP, .flags)
+            try Settings.check("seed", seed, .flags)
+            try Settings.check("seconds", seconds, .flags)
             if prompt != nil && promptFile != nil { throw MambaKitError(.usage, "give --prompt or --prompt-file, not both") }
             let m = try MambaModel.load(directory: model)
             let fmt = (m.config.mambakit["format"] as? String) ?? "bytes"

@@ -31,8 +31,7 @@ struct CommonOptions: ParsableArguments {
 
     func apply() throws {
         if let t = threads {
-            guard t > 0 else { throw ValidationError("--threads must be positive") }
-            Parallel.setThreads(t)
+            Parallel.setThreads(try Settings.check("threads", t, .flags))
         } else {
             Parallel.setThreads(Parallel.defaultThreads)
         }

@@ -49,15 +49,11 @@ struct ShapeAndScheduleOptions: ParsableArguments {
         return t
     }
 
-    func validate() throws {
-        if let seed, seed < 0 { throw ValidationError("--seed must be ≥ 0") }
-        for (name, v) in [("--steps", steps), ("--batch-size", batchSize), ("--seq-len", seqLen), ("--d-model", dModel),
-                          ("--layers", layers), ("--d-state", dState), ("--d-conv", dConv), ("--head-dim", headDim),
-                          ("--groups", groups), ("--chunk-size", chunkSize), ("--heads", heads), ("--kv-heads", kvHeads),
-                          ("--attn-head-dim", attnHeadDim), ("--mlp-width", mlpWidth)] {
-            if let v, v <= 0 { throw ValidationError("\(name) must be positive (got \(v))") }
-        }
-        if let expand, !(expand > 0) { throw ValidationError("--expand must be positive") }
+    /// Every value given, against `Settings` (the same ranges as pipeline files and saved runs). Model sizes are
+    /// checked by `ModelSpec`.
+    func checkRanges() throws {
+        try trainSpec.validate(.flags)
+        try Settings.check("val_fraction", valFraction, .flags)
     }
 }
 
@@ -77,6 +73,7 @@ struct Train: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
+            try shape.checkRanges()
             var file = PipelineSpec(name: "train")
             if let cfg = shape.config { file = try PipelineSpec.load(path: cfg) }
             let format = try DataFormat.parse(format ?? file.format.rawValue)

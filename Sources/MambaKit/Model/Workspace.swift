@@ -64,6 +64,43 @@ public final class Workspace {
         dnormed = FloatBuffer(count: t * D)
     }
 
+    /// About how many bytes a workspace for `(B, L)` would hold, found without allocating it: each distinct block
+    /// and a block-less workspace are built at B = 1 for two short lengths and measured, and the per-token and fixed
+    /// parts extrapolated (every buffer grows linearly in B·L, chunk-start states in B·⌈L/Q⌉). Scratch that kernels
+    /// grow on first use (the SSD's transient chunk gradients, about the size of its saved states) is covered by a
+    /// 25 % margin on the per-token part. The probes hold at most two blocks for 2·min(Q, 64) tokens, so call this
+    /// after the parameter count has been found to fit. Overflow saturates at `Int.max`.
+    public static func estimatedBytes(config c: MambaConfig, B: Int, L: Int, training: Bool,
+                                      lmHead: Bool = true) -> Int {
+        let blocks = MambaModel.build(c).blocks
+        let l1 = max(1, min(c.chunkSize, 64)), l2 = 2 * l1
+        // Per token and fixed floats of everything but the per-layer residuals: the blocks (activations per block
+        // when training, else shared by shareKey; scratch shared by shareKey) and the backbone's own buffers.
+        func floats(_ L: Int) -> Int {
+            var n = Workspace(config: c, blocks: [], B: 1, L: L, training: training, lmHead: lmHead).bytes / 4
+            var actsSeen = Set<String>(), scratchSeen = Set<String>()
+            var sizes: [String: (acts: Int, scratch: Int)] = [:]
+            for blk in blocks {
+                let key = "\(blk.kind)|\(blk.shareKey)"
+                if sizes[key] == nil {
+                    sizes[key] = (blk.makeActivations(B: 1, L: L, training: training).floats,
+                                  blk.makeScratch(B: 1, L: L, training: training).floats)
+                }
+                let s = sizes[key]!
+                if training || actsSeen.insert(blk.shareKey).inserted { n += s.acts }
+                if scratchSeen.insert(blk.shareKey).inserted { n += s.scratch }
+            }
+            // resid and rstd: one pair per layer when training (the block-less workspace has none; inference
+            // keeps one shared pair, which it has).
+            if training { n += blocks.count * L * (c.hiddenSize + 1) }
+            return n
+        }
+        let (f1, f2) = (floats(l1), floats(l2))
+        let perToken = max(0, (f2 - f1) / (l2 - l1)) / 4 * 5
+        let fixed = max(0, f1 - perToken * l1)
+        return MemoryBudget.product(MemoryBudget.affine(fixed, perToken, MemoryBudget.product(B, L)), 4)
+    }
+
     /// Bytes held by the activations and scratch.
     public var bytes: Int {
         var n = (resid + rstd).reduce(0) { $0 + $1.count }

@@ -39,6 +39,15 @@ public struct ClassifySpec {
     public var valFraction = 0.1
     public var pretrain: Pretrain?
 
+    /// [train, val, test] fractions: each in [0, 1], summing to at most 1.
+    public static func checkFractions(_ f: [Double], _ source: SettingSource) throws {
+        for v in f { try Settings.check("fraction", v, source) }
+        guard f.reduce(0, +) <= 1 + 1e-9 else {
+            throw MambaKitError(.config, "\(source.name(Settings.table["fraction"]!))s sum to \(f.reduce(0, +)), more than 1",
+                                at: source.location)
+        }
+    }
+
     init(yaml o: [String: Any], reader r: YAMLReader) throws {
         let path = r.path
         guard let d = try r.map(o, "data") else { throw MambaKitError(.config, "task classify needs a data section", at: path) }
@@ -81,8 +90,14 @@ public struct ClassifySpec {
             guard counts.count == 3, fractions.count == 3 else {
                 throw MambaKitError(.config, "data.fragments counts and fractions are [train, val, test]", at: path)
             }
+            let source = SettingSource.file(path, section: "data.fragments")
+            for v in lengths { try Settings.check("length", v, source) }
+            for v in counts { try Settings.check("count", v, source) }
+            try Self.checkFractions(fractions, source)
+            let seed = try Settings.check("seed", try r.int(f, "seed") ?? 0, source)
+            let maxAmbiguous = try Settings.check("max_ambiguous", try r.double(f, "max_ambiguous") ?? 0.1, source)
             data = .fragments(sources: src, lengths: lengths, counts: counts, fractions: fractions,
-                              seed: UInt64(max(0, try r.int(f, "seed") ?? 0)), maxAmbiguous: try r.double(f, "max_ambiguous") ?? 0.1)
+                              seed: UInt64(seed), maxAmbiguous: maxAmbiguous)
         } else if let c = try r.map(d, "shuffled_control") {
             try r.allow(c, ["positives", "count", "fractions", "seed", "positive_class", "negative_class"], in: "data.shuffled_control")
             guard let pos = try r.string(c, "positives") else {
@@ -90,8 +105,11 @@ public struct ClassifySpec {
             }
             let fractions = try doubles(c, "fractions") ?? [0.8, 0.1, 0.1]
             guard fractions.count == 3 else { throw MambaKitError(.config, "fractions are [train, val, test]", at: path) }
-            data = .shuffledControl(positives: pos, count: try r.int(c, "count"), fractions: fractions,
-                                    seed: UInt64(max(0, try r.int(c, "seed") ?? 0)),
+            let source = SettingSource.file(path, section: "data.shuffled_control")
+            try Self.checkFractions(fractions, source)
+            let count = try Settings.check("count", try r.int(c, "count"), source)
+            let seed = try Settings.check("seed", try r.int(c, "seed") ?? 0, source)
+            data = .shuffledControl(positives: pos, count: count, fractions: fractions, seed: UInt64(seed),
                                     positiveClass: try r.string(c, "positive_class") ?? "positive",
                                     negativeClass: try r.string(c, "negative_class") ?? "shuffled")
         } else {
@@ -130,7 +148,8 @@ public struct ClassifySpec {
             default:
                 throw MambaKitError(.config, "classify.format '\(format)' is not one of fasta, audio", at: path)
             }
-            valFraction = try r.double(c, "val_fraction") ?? valFraction
+            valFraction = try Settings.check("val_fraction", try r.double(c, "val_fraction") ?? valFraction,
+                                             .file(path, section: "classify"))
         }
         if let p = try r.map(o, "pretrain") {
             try r.allow(p, ["data", "steps", "batch_size", "seq_len", "lr", "warmup", "seed", "eval_every", "log_every",
@@ -149,6 +168,7 @@ public struct ClassifySpec {
             pre.train.logEvery = try r.int(p, "log_every")
             pre.train.checkpointEvery = try r.int(p, "checkpoint_every")
             pre.compareScratch = try r.bool(p, "compare_scratch") ?? true
+            try pre.train.validate(.file(path, section: "pretrain"))
             pretrain = pre
         }
     }

@@ -120,15 +120,13 @@ public enum ClassificationTask {
         }
         let longest = trainSet.examples.map(\.tokens.count).max()!
         if trainSpec.seqLen == nil && !s.resume { options.seqLen = min(longest, 4096) }
-        guard options.steps > 0, options.batchSize > 0, options.seqLen > 0 else {
-            throw MambaKitError(.usage, "--steps, --batch-size and --seq-len must be positive")
-        }
-        guard options.lr > 0, options.lr.isFinite else { throw MambaKitError(.usage, "--lr must be positive") }
+        try options.validate(.api("classify train"))
         var spec = modelSpec.merged(over: baseSpec)
         if case .audio = tok { spec = spec.merged(over: LanguageModelTask.defaultAudioSpec) }
         var config = try spec.config(vocabSize: tok.vocabSize)
         if let p = pretrained { config = p.config; config.mambakit = [:] }
         annotate(&config, classes: trainSet.classes, s: settings)
+        try LanguageModelTask.checkTrainingMemory(config: config, options: options, lmHead: false)
         let model: MambaModel
         if s.resume {
             model = try MambaModel(config: config)

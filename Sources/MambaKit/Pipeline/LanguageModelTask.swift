@@ -322,10 +322,9 @@ public enum LanguageModelTask {
         options.valFraction = valFraction ?? (resume ? baseOptions.valFraction : 0.05)
         // Audio: one second of sound per window unless told otherwise.
         if format == .audio && trainSpec.seqLen == nil && !resume { options.seqLen = audio.sampleRate }
+        try options.validate(.api("train"))
         var spec = modelSpec.merged(over: baseSpec)
         if format == .audio { spec = spec.merged(over: defaultAudioSpec) }
-        let (corpus, fp) = try corpus(format: format, paths: format == .audio ? expandPathsRecursively(data) : data,
-                                      valFraction: options.valFraction, tokenizer: tokenizer, audio: audio)
         var config: MambaConfig
         if format == .fasta {
             config = try spec.config(vocabSize: tokenizer.vocabSize)
@@ -337,10 +336,9 @@ public enum LanguageModelTask {
             config = try spec.config(vocabSize: ByteTokenizer.vocabSize)
             config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
         }
-        guard options.steps > 0, options.batchSize > 0, options.seqLen > 0 else {
-            throw MambaKitError(.usage, "--steps, --batch-size and --seq-len must be positive")
-        }
-        guard options.lr > 0, options.lr.isFinite else { throw MambaKitError(.usage, "--lr must be positive") }
+        try checkTrainingMemory(config: config, options: options)
+        let (corpus, fp) = try corpus(format: format, paths: format == .audio ? expandPathsRecursively(data) : data,
+                                      valFraction: options.valFraction, tokenizer: tokenizer, audio: audio)
         let model: MambaModel
         if resume {
             model = try MambaModel(config: config)
@@ -354,6 +352,20 @@ public enum LanguageModelTask {
         if resume { try trainer.resume() }
         try trainer.run(events: events, shouldStop: shouldStop)
         return trainer
+    }
+
+    /// Refuses a training run whose workspace, parameters, gradients and AdamW moments cannot fit in memory.
+    public static func checkTrainingMemory(config: MambaConfig, options: Trainer.Options, lmHead: Bool = true) throws {
+        // Parameters, gradients and the two AdamW moments: 16 bytes per parameter (checked first: the workspace
+        // estimate builds small probes of the blocks).
+        let state = MemoryBudget.product(config.parameterCount, 16)
+        try MemoryBudget.check(bytes: state, "training \(config.parameterCount) parameters",
+                               hint: "a smaller model: lower --d-model or --layers")
+        let ws = Workspace.estimatedBytes(config: config, B: options.batchSize, L: options.seqLen, training: true,
+                                          lmHead: lmHead)
+        try MemoryBudget.check(bytes: MemoryBudget.affine(ws, 1, state),
+                               "training \(config.parameterCount) parameters at batch \(options.batchSize) × \(options.seqLen) tokens",
+                               hint: ws >= state ? "lower --batch-size or --seq-len" : "a smaller model: lower --d-model or --layers")
     }
 
     public struct EvalReport: Sendable {

@@ -53,6 +53,18 @@ public struct PipelineSpec {
             return t
         }
 
+        /// Checks every value that is set against `Settings`, naming it as `source` does.
+        public func validate(_ source: SettingSource) throws {
+            try Settings.check("steps", steps, source); try Settings.check("batch_size", batchSize, source)
+            try Settings.check("seq_len", seqLen, source); try Settings.check("lr", lr, source)
+            try Settings.check("warmup", warmup, source); try Settings.check("seed", seed, source)
+            try Settings.check("weight_decay", weightDecay, source); try Settings.check("grad_clip", gradClip, source)
+            try Settings.check("min_lr_ratio", minLRRatio, source); try Settings.check("eval_every", evalEvery, source)
+            try Settings.check("eval_tokens", evalTokens, source)
+            try Settings.check("checkpoint_every", checkpointEvery, source)
+            try Settings.check("log_every", logEvery, source); try Settings.check("patience", patience, source)
+        }
+
         /// Options from `self`, falling back to `base`.
         public func apply(to base: Trainer.Options) -> Trainer.Options {
             var o = base
@@ -84,6 +96,13 @@ public struct PipelineSpec {
         /// Audio models: seconds to generate, and a recording to continue.
         public var seconds: Double = 1
         public var promptAudio: String?
+
+        public func validate(_ source: SettingSource) throws {
+            try Settings.check("max_new_tokens", maxNewTokens, source)
+            try Settings.check("temperature", temperature, source)
+            try Settings.check("top_k", topK, source); try Settings.check("top_p", topP, source)
+            try Settings.check("seed", seed, source); try Settings.check("seconds", seconds, source)
+        }
     }
 
     public init(name: String) { self.name = name }
@@ -154,7 +173,7 @@ public struct PipelineSpec {
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
             throw MambaKitError(.config, "name must be a plain directory name (got '\(name)')", at: path)
         }
-        threads = try r.int(o, "threads")
+        threads = try Settings.check("threads", try r.int(o, "threads"), .file(path, section: ""))
         if task == "lm", let d = try r.map(o, "data") {
             try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer"], in: "data")
             var a: [String: Any] = ["type": "audio"]
@@ -174,7 +193,7 @@ public struct PipelineSpec {
                 trainData = many as! [String]
             }
             evalData = try r.string(d, "eval")
-            valFraction = try r.double(d, "val_fraction")
+            valFraction = try Settings.check("val_fraction", try r.double(d, "val_fraction"), .file(path, section: "data"))
         }
         if let m = try r.map(o, "model") { model = try Self.modelSpec(m, reader: r, in: "model") }
         if let v = o["variants"], !(v is NSNull) {
@@ -212,6 +231,7 @@ public struct PipelineSpec {
             train.checkpointEvery = try r.int(t, "checkpoint_every")
             train.logEvery = try r.int(t, "log_every")
             train.patience = try r.int(t, "patience")
+            try train.validate(.file(path, section: "train"))
         }
         if let g = try r.map(o, "generate") {
             try r.allow(g, ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "seconds", "prompt_audio"],
@@ -225,6 +245,7 @@ public struct PipelineSpec {
             s.seed = try r.int(g, "seed") ?? s.seed
             s.seconds = try r.double(g, "seconds") ?? s.seconds
             s.promptAudio = try r.string(g, "prompt_audio")
+            try s.validate(.file(path, section: "generate"))
             generate = s
         }
     }

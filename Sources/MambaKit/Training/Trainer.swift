@@ -104,29 +104,78 @@ public final class Trainer {
         public var patience = 0
         public init() {}
 
-        /// Options as saved in trainer_state.json (unknown or missing keys keep their defaults).
-        init(json o: [String: Any]) {
-            func i(_ k: String) -> Int? { (o[k] as? NSNumber).map { $0.intValue } }
-            func d(_ k: String) -> Double? { (o[k] as? NSNumber).map { $0.doubleValue } }
-            if let v = i("steps") { steps = v }
-            if let v = i("batch_size") { batchSize = v }
-            if let v = i("seq_len") { seqLen = v }
-            if let v = d("lr") { lr = v }
-            if let v = d("min_lr_ratio") { minLRRatio = v }
-            if let v = i("warmup") { warmup = v }
-            if let v = d("weight_decay") { weightDecay = v }
-            if let v = d("beta1") { beta1 = v }
-            if let v = d("beta2") { beta2 = v }
-            if let v = d("eps") { eps = v }
-            if let v = d("grad_clip") { gradClip = v }
-            if let v = (o["seed"] as? String).flatMap({ UInt64($0) }) { seed = v }
-            if let v = d("val_fraction") { valFraction = v }
-            if let v = i("eval_every") { evalEvery = v }
-            if let v = i("eval_tokens") { evalTokens = v }
-            if let v = i("checkpoint_every") { checkpointEvery = v }
-            if let v = i("log_every") { logEvery = v }
-            if let v = o["keep_best"] as? Bool { keepBest = v }
-            if let v = i("patience") { patience = v }
+        /// Options as saved in trainer_state.json, checked like every other source of settings: a value of the
+        /// wrong type or out of its range is an error naming `source`; missing keys keep their defaults (older
+        /// checkpoints lack some), unknown keys are ignored.
+        init(json o: [String: Any], source: SettingSource) throws {
+            func number(_ k: String) throws -> NSNumber? {
+                guard let v = o[k], !(v is NSNull) else { return nil }
+                guard let n = v as? NSNumber, !jsonIsBool(v) else {
+                    throw MambaKitError(.format, "\(k) must be a number (got \(v))", at: source.location)
+                }
+                return n
+            }
+            func i(_ k: String) throws -> Int? {
+                guard let n = try number(k) else { return nil }
+                let d = n.doubleValue
+                guard d.isFinite, d == d.rounded(), abs(d) <= 9e15 else {
+                    throw MambaKitError(.format, "\(k) must be an integer (got \(n))", at: source.location)
+                }
+                let checked: Int = try Settings.check(k, Int(d), source)
+                return checked
+            }
+            func d(_ k: String) throws -> Double? {
+                guard let n = try number(k) else { return nil }
+                let v = n.doubleValue
+                // beta1, beta2, eps and min_lr_ratio have no flags; every key is in the table.
+                let checked: Double = try Settings.check(k, v, source)
+                return checked
+            }
+            if let v = try i("steps") { steps = v }
+            if let v = try i("batch_size") { batchSize = v }
+            if let v = try i("seq_len") { seqLen = v }
+            if let v = try d("lr") { lr = v }
+            if let v = try d("min_lr_ratio") { minLRRatio = v }
+            if let v = try i("warmup") { warmup = v }
+            if let v = try d("weight_decay") { weightDecay = v }
+            if let v = try d("beta1") { beta1 = v }
+            if let v = try d("beta2") { beta2 = v }
+            if let v = try d("eps") { eps = v }
+            if let v = try d("grad_clip") { gradClip = v }
+            if let v = o["seed"], !(v is NSNull) {
+                guard let t = v as? String, let u = UInt64(t) else {
+                    throw MambaKitError(.format, "seed must be a decimal string (got \(v))", at: source.location)
+                }
+                seed = u
+            }
+            if let v = try d("val_fraction") { valFraction = v }
+            if let v = try i("eval_every") { evalEvery = v }
+            if let v = try i("eval_tokens") { evalTokens = v }
+            if let v = try i("checkpoint_every") { checkpointEvery = v }
+            if let v = try i("log_every") { logEvery = v }
+            if let v = o["keep_best"], !(v is NSNull) {
+                guard jsonIsBool(v), let b = (v as? NSNumber)?.boolValue else {
+                    throw MambaKitError(.format, "keep_best must be true or false (got \(v))", at: source.location)
+                }
+                keepBest = b
+            }
+            if let v = try i("patience") { patience = v }
+        }
+
+        /// Checks every option against `Settings` (a library caller's options go through the same ranges as flags
+        /// and files).
+        public func validate(_ source: SettingSource = .api("Trainer.Options")) throws {
+            try Settings.check("steps", steps, source); try Settings.check("batch_size", batchSize, source)
+            try Settings.check("seq_len", seqLen, source); try Settings.check("lr", lr, source)
+            try Settings.check("min_lr_ratio", minLRRatio, source); try Settings.check("warmup", warmup, source)
+            try Settings.check("weight_decay", weightDecay, source); try Settings.check("beta1", beta1, source)
+            try Settings.check("beta2", beta2, source); try Settings.check("eps", eps, source)
+            try Settings.check("grad_clip", gradClip, source); try Settings.check("val_fraction", valFraction, source)
+            try Settings.check("eval_every", evalEvery, source); try Settings.check("eval_tokens", evalTokens, source)
+            try Settings.check("checkpoint_every", checkpointEvery, source)
+            try Settings.check("log_every", logEvery, source)
+            try Settings.check("keep_checkpoints", keepCheckpoints, source)
+            try Settings.check("patience", patience, source)
         }
 
         var json: [String: Any] {
@@ -196,6 +245,7 @@ public final class Trainer {
     /// checkpoint and throws `.interrupted`. A non-finite loss or gradient throws `.numeric` without saving, so the
     /// last good checkpoint stays as it was.
     public func run(events: (Event) -> Void = { _ in }, shouldStop: () -> Bool = { false }) throws {
+        try options.validate()
         try ensureDirectory(outDir)
         let o = options
         let metrics = try MetricsLog(path: metricsPath, keepThroughStep: step)
@@ -330,11 +380,10 @@ public final class Trainer {
         let dir = outDir + "/checkpoints/" + latest.trimmingCharacters(in: .whitespacesAndNewlines)
         let config = try MambaConfig.load(path: dir + "/" + MambaModel.configFile)
         let statePath = dir + "/trainer_state.json"
-        guard let st = try? JSONSerialization.jsonObject(with: Data(FileInput.readBytes(statePath))) as? [String: Any],
-              let o = st["options"] as? [String: Any] else {
-            throw MambaKitError(.format, "trainer state is not valid", at: statePath)
+        guard let options = try TrainerState(path: statePath).options else {
+            throw MambaKitError(.format, "options are missing", at: statePath)
         }
-        return (config, Options(json: o))
+        return (config, options)
     }
 
     /// Restores model, optimizer, step and RNG from `OUT/checkpoints/latest`. Refuses a checkpoint made with
@@ -351,34 +400,30 @@ public final class Trainer {
         }
         model.params.copy(from: saved.params)
         let statePath = dir + "/trainer_state.json"
-        let data = try FileInput.readBytes(statePath)
-        guard let st = try? JSONSerialization.jsonObject(with: Data(data)) as? [String: Any],
-              let s = st["step"] as? Int, let a = st["adam_step"] as? Int, let words = st["rng"] as? [String],
-              words.count == 4 else {
-            throw MambaKitError(.format, "trainer state is not valid", at: statePath)
-        }
-        let w = words.compactMap { UInt64($0, radix: 16) }
-        guard w.count == 4 else { throw MambaKitError(.format, "RNG state is not valid", at: statePath) }
-        if let fp = st["data"] as? [String], fp != dataFingerprint {
+        let st = try TrainerState(path: statePath)
+        if let fp = st.data, fp != dataFingerprint {
             throw MambaKitError(.usage, "the checkpoint was trained on other data (\(fp.joined(separator: ", "))); resume with the same --data", at: statePath)
         }
-        if let so = st["options"] as? [String: Any] {
+        if let so = st.optionsJSON {
             for key in ["batch_size", "seq_len", "seed"] where "\(so[key] ?? "")" != "\(options.json[key] ?? "")" {
                 throw MambaKitError(.usage, "the checkpoint used \(key) = \(so[key] ?? "?"), this run asks for \(options.json[key] ?? "?"); resume with the same value", at: statePath)
             }
+        }
+        guard st.step <= options.steps else {
+            throw MambaKitError(.usage, "the checkpoint is at step \(st.step), past this run's \(options.steps) steps", at: statePath)
         }
         let ts = try SafeTensorsFile(path: dir + "/training_state.safetensors")
         for v in model.params.layout.views {
             try ts.copyFloats("m." + v.name, into: optimizer.m.ptr(v), count: v.count)
             try ts.copyFloats("v." + v.name, into: optimizer.v.ptr(v), count: v.count)
         }
-        step = s
-        optimizer.step = a
-        rng = RNG(words: w)
-        elapsedBefore = st["elapsed_s"] as? Double ?? 0
-        bestLoss = st["best_val_loss"] as? Double ?? .infinity
-        bestStep = st["best_step"] as? Int ?? 0
-        sinceBest = st["since_best"] as? Int ?? 0
+        step = st.step
+        optimizer.step = st.adamStep
+        rng = RNG(words: st.rngWords)
+        elapsedBefore = st.elapsed
+        bestLoss = st.bestLoss
+        bestStep = st.bestStep
+        sinceBest = st.sinceBest
         elapsedNow = elapsedBefore
     }
 }

@@ -1,0 +1,177 @@
+import Foundation
+import MambaKit
+import Testing
+
+/// The built binary on inputs a careless or hostile user gives it. Each bad case must end with a non-zero exit (not
+/// a signal), an `error:` line naming the flag or file, nothing on stdout, no output files left as if whole, within
+/// the time limit and under a 3 GB address-space limit. The good cases (CRLF, a byte-order mark, …) must keep working.
+@Suite(.serialized) struct HostileInputTests {
+    /// Address-space limit for every run (`ulimit -v`, KiB): far below this machine's memory, far above what the
+    /// tiny runs here need.
+    static let memoryLimitKB = 3_000_000
+
+    struct Outcome {
+        let status: Int32
+        let signalled: Bool
+        let stdout: Data
+        let stderr: String
+        let seconds: Double
+    }
+
+    static func run(_ args: [String], seconds: Double = 60, stdin: String? = nil) throws -> Outcome {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        // `exec` so that the signal, if any, is the binary's own.
+        p.arguments = ["-c", "ulimit -v \(memoryLimitKB); exec \"$0\" \"$@\"", CLI.binary] + args
+        p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = stdin == nil ? FileHandle.nullDevice : Pipe()
+        let t0 = Date()
+        try p.run()
+        killAfter(p, seconds: seconds)
+        final class Box: @unchecked Sendable { var data = Data() }
+        let errBox = Box()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        p.waitUntilExit()
+        return Outcome(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal, stdout: outData,
+                       stderr: String(decoding: errBox.data, as: UTF8.self), seconds: Date().timeIntervalSince(t0))
+    }
+
+    /// Runs a case that must fail cleanly, with an error naming `names` (each must appear in the error line).
+    static func expectRefused(_ args: [String], naming names: [String], sourceLocation: SourceLocation = #_sourceLocation)
+        throws {
+        let r = try run(args)
+        let line = r.stderr.split(separator: "\n").last(where: { $0.hasPrefix("error: ") }).map(String.init) ?? ""
+        #expect(!r.signalled, "\(args): killed by a signal (status \(r.status)); stderr: \(r.stderr.suffix(600))",
+                sourceLocation: sourceLocation)
+        #expect(r.status != 0, "\(args): exit 0", sourceLocation: sourceLocation)
+        #expect(!line.isEmpty, "\(args): no 'error:' line; stderr: \(r.stderr.suffix(600))", sourceLocation: sourceLocation)
+        for n in names { #expect(line.contains(n), "\(args): error does not name \(n): \(line)", sourceLocation: sourceLocation) }
+        #expect(r.stdout.isEmpty, "\(args): wrote to stdout", sourceLocation: sourceLocation)
+        #expect(r.seconds < 60, "\(args): took \(r.seconds) s", sourceLocation: sourceLocation)
+    }
+
+    static let data = ["--data", "samples/text/ruth.txt"]
+
+    // MARK: Flags and pipeline values
+
+    @Test func flagsOutOfRange() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let cases: [([String], String)] = [
+            (["--log-every", "0"], "--log-every"),
+            (["--steps", "0"], "--steps"),
+            (["--seq-len", "100000000000"], "--seq-len"),
+            (["--batch-size", "0"], "--batch-size"),
+            (["--threads", "0"], "--threads"),
+            (["--weight-decay", "inf"], "--weight-decay"),
+            (["--lr", "nan"], "--lr"),
+            (["--lr", "0"], "--lr"),
+            (["--grad-clip=-1"], "--grad-clip"),
+            (["--val-fraction", "1"], "--val-fraction"),
+            (["--val-fraction", "nan"], "--val-fraction"),
+            (["--eval-every=-1"], "--eval-every"),
+            (["--checkpoint-every", "2000000000"], "--checkpoint-every"),
+            (["--seed=-3"], "--seed"),
+            (["--expand", "1e300"], "intermediate_size"),
+            (["--d-model", "0"], "--d-model"),
+        ]
+        for (flags, name) in cases {
+            try Self.expectRefused(["train"] + Self.data + ["--out", out] + flags, naming: [name])
+            #expect(!FileManager.default.fileExists(atPath: out + "/model.safetensors"), "\(flags): wrote a model")
+        }
+        for (flags, name) in [(["--top-p", "0"], "--top-p"), (["--temperature=-1"], "--temperature"),
+                              (["--max-new-tokens", "99999999999"], "--max-new-tokens"), (["--seconds", "inf"], "--seconds")] {
+            try Self.expectRefused(["generate", "--model", out] + flags, naming: [name])
+        }
+        try Self.expectRefused(["eval", "--model", out, "--data", "samples/text/ruth.txt", "--chunk", "0"], naming: ["--chunk"])
+    }
+
+    @Test func memoryThatCannotFitIsRefusedBeforeAllocating() throws {
+        let tmp = TempDir()
+        try Self.expectRefused(["train"] + Self.data + ["--out", tmp.file("a"), "--seq-len", "16000000", "--batch-size", "60000"],
+                               naming: ["--batch-size", "memory"])
+        try Self.expectRefused(["train"] + Self.data + ["--out", tmp.file("b"), "--d-model", "8192", "--layers", "64"],
+                               naming: ["--d-model", "memory"])
+    }
+
+    @Test func pipelineValuesOutOfRange() throws {
+        let tmp = TempDir()
+        let cases: [(String, String)] = [
+            ("train: { log_every: 0 }", "train.log_every"),
+            ("train: { lr: .nan }", "train.lr"),
+            ("train: { seed: -1 }", "train.seed"),
+            ("train: { batch_size: 100000000 }", "train.batch_size"),
+            ("generate: { top_p: 2 }", "generate.top_p"),
+            ("generate: { seconds: -1 }", "generate.seconds"),
+            ("threads: 0", "threads"),
+            ("data: { train: samples/text/ruth.txt, val_fraction: 1.5 }", "data.val_fraction"),
+        ]
+        for (i, (body, name)) in cases.enumerated() {
+            let path = tmp.file("p\(i).yaml")
+            try "name: p\(i)\ntask: lm\n\(body)\n".write(toFile: path, atomically: true, encoding: .utf8)
+            try Self.expectRefused(["run", path, "--runs-dir", tmp.file("runs")], naming: [name, path])
+            try Self.expectRefused(["train"] + Self.data + ["--out", tmp.file("o\(i)"), "--config", path], naming: [name, path])
+        }
+    }
+
+    @Test func corruptTrainerStateIsRefusedOnResume() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let tiny = ["--d-model", "16", "--layers", "1", "--d-state", "4", "--batch-size", "1", "--seq-len", "32",
+                    "--steps", "2", "--threads", "1"]
+        let ok = try CLI.run(["train"] + Self.data + ["--out", out] + tiny)
+        try #require(ok.status == 0, "training failed: \(ok.stderr)")
+        let state = out + "/checkpoints/step-00000002/trainer_state.json"
+        let original = try String(contentsOfFile: state, encoding: .utf8)
+        let edits: [(String, String, String)] = [
+            ("\"step\" : 2", "\"step\" : -5", "step"),
+            ("\"step\" : 2", "\"step\" : 1e300", "step"),
+            ("\"log_every\" : 10", "\"log_every\" : 0", "options.log_every"),
+            ("\"lr\" : 0.002", "\"lr\" : \"fast\"", "lr"),
+        ]
+        for (from, to, name) in edits {
+            try #require(original.contains(from), "trainer_state.json has no \(from)")
+            try original.replacingOccurrences(of: from, with: to).write(toFile: state, atomically: true, encoding: .utf8)
+            try Self.expectRefused(["train"] + Self.data + ["--out", out, "--resume", "--steps", "4"],
+                                   naming: [name, "trainer_state.json"])
+        }
+        try "{ not json".write(toFile: state, atomically: true, encoding: .utf8)
+        try Self.expectRefused(["train"] + Self.data + ["--out", out, "--resume", "--steps", "4"], naming: ["trainer_state.json"])
+    }
+}
+
+/// `Workspace.estimatedBytes`, which decides whether a run may start, against what a workspace really holds after a
+/// training step (and at inference), for each block kind and lengths that are and are not chunk multiples.
+@Suite struct WorkspaceEstimateTests {
+    @Test(arguments: ["m", "M", "M*-", "*"])
+    func estimateCoversTheWorkspace(pattern: String) throws {
+        var spec = ModelSpec()
+        spec.dModel = 32; spec.pattern = pattern; spec.dState = 8; spec.headDim = 16; spec.chunkSize = 16
+        spec.attnHeadDim = 16; spec.mlpWidth = 64
+        let config = try spec.config(vocabSize: 256)
+        let model = try MambaModel(config: config, seed: 1)
+        for (B, L) in [(1, 40), (3, 64), (2, 333)] {
+            for training in [true, false] {
+                let ws = Workspace(config: config, B: B, L: L, training: training)
+                let ids = (0..<(B * L)).map { Int32($0 % 256) }
+                ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
+                if training {
+                    ids.withUnsafeBufferPointer { i in _ = model.backward(ids: i.baseAddress!, targets: i.baseAddress!, ws: ws) }
+                }
+                let est = Workspace.estimatedBytes(config: config, B: B, L: L, training: training)
+                let actual = ws.bytes
+                #expect(est >= actual, "\(pattern) B\(B) L\(L) training \(training): estimate \(est) < actual \(actual)")
+                #expect(Double(est) <= 1.6 * Double(actual), "\(pattern) B\(B) L\(L) training \(training): estimate \(est) vs actual \(actual)")
+            }
+        }
+        // Absurd sizes saturate instead of trapping.
+        #expect(Workspace.estimatedBytes(config: config, B: Int.max / 2, L: 1 << 40, training: true) == Int.max)
+    }
+}
