@@ -135,14 +135,14 @@ struct ClassifyEval: ParsableCommand {
                 try printJSON(r.json)
             } else {
                 let m = r.metrics
-                print(String(format: "accuracy %.4f  macro-F1 %.4f  MCC %.4f  loss %.4f  over %d sequences (%.1f s)",
+                try say(String(format: "accuracy %.4f  macro-F1 %.4f  MCC %.4f  loss %.4f  over %d sequences (%.1f s)",
                              m.accuracy, m.macroF1, m.mcc, r.loss, m.count, r.seconds))
                 let w = max(8, r.classes.map(\.count).max() ?? 0)
                 func pad(_ s: String) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
-                print("confusion (rows true, columns predicted)")
-                print(pad("") + " " + r.classes.map(pad).joined(separator: " "))
+                try say("confusion (rows true, columns predicted)")
+                try say(pad("") + " " + r.classes.map(pad).joined(separator: " "))
                 for (k, row) in m.confusion.enumerated() {
-                    print(pad(r.classes[k]) + " " + row.map { pad(String($0)) }.joined(separator: " "))
+                    try say(pad(r.classes[k]) + " " + row.map { pad(String($0)) }.joined(separator: " "))
                 }
             }
         }
@@ -175,7 +175,7 @@ struct ClassifyPredict: ParsableCommand {
             _ = try ClassificationTask.predict(loaded, input: input, batch: batchSize, chunk: chunk) { id, label, p in
                 out += id + "\t" + label + "\t" + p.map { String(format: "%.6g", $0) }.joined(separator: "\t") + "\n"
             }
-            FileHandle.standardOutput.write(Data(out.utf8))
+            try writeStdout(Array(out.utf8))
         }
     }
 }
@@ -257,7 +257,7 @@ struct ClassifyExplain: ParsableCommand {
                 if let contrib { out += "\t" + contrib[t].map { String(format: "%.5g", $0) }.joined(separator: "\t") }
                 out += "\n"
             }
-            FileHandle.standardOutput.write(Data(out.utf8))
+            try writeStdout(Array(out.utf8))
         }
     }
 }

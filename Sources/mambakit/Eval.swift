@@ -24,7 +24,7 @@ struct Eval: ParsableCommand {
                 try printJSON(report.json)
             } else {
                 let r = report.result
-                print(String(format: "loss %.6f nats/token  %.4f bits/token  over %d tokens  (%.1f s)",
+                try say(String(format: "loss %.6f nats/token  %.4f bits/token  over %d tokens  (%.1f s)",
                              r.meanLoss, r.bitsPerToken, r.count, report.seconds))
             }
         }
@@ -164,10 +164,7 @@ final class ByteSink {
 
     func write(_ b: UInt8) throws {
         if path != nil { buffer.append(b); return }
-        var v = b
-        while Glibc.write(1, &v, 1) < 0 {
-            if errno != EINTR { throw MambaKitError(.io, "cannot write to stdout: \(String(cString: strerror(errno)))") }
-        }
+        try writeStdout([b])
     }
 
     func finish() throws {
@@ -195,26 +192,26 @@ struct Inspect: ParsableCommand {
                 ])
                 return
             }
-            print("model        \(model)")
+            try say("model        \(model)")
             switch c.modelType {
             case .mamba:
-                print("shape        d_model \(c.hiddenSize), layers \(c.numHiddenLayers), d_inner \(c.intermediateSize), d_state \(c.stateSize), d_conv \(c.convKernel), dt_rank \(c.timeStepRank), vocab \(c.vocabSize)")
+                try say("shape        d_model \(c.hiddenSize), layers \(c.numHiddenLayers), d_inner \(c.intermediateSize), d_state \(c.stateSize), d_conv \(c.convKernel), dt_rank \(c.timeStepRank), vocab \(c.vocabSize)")
             case .mamba2, .nemotronH:
-                print("layout       \(c.modelType.rawValue)")
-                print("stack        \(c.pattern) (\(c.numHiddenLayers) blocks: M Mamba-2, * attention, - MLP)")
-                print("shape        d_model \(c.hiddenSize), vocab \(c.vocabSize)")
+                try say("layout       \(c.modelType.rawValue)")
+                try say("stack        \(c.pattern) (\(c.numHiddenLayers) blocks: M Mamba-2, * attention, - MLP)")
+                try say("shape        d_model \(c.hiddenSize), vocab \(c.vocabSize)")
                 let kinds = Set(c.layerKinds)
                 if kinds.contains(.mamba2) {
                     let clamp = c.deltaClamp
-                    print("mamba-2      heads \(c.ssmHeads) × head dim \(c.ssmHeadDim) (d_inner \(c.ssmInner)), groups \(c.nGroups), d_state \(c.stateSize), d_conv \(c.convKernel), chunk \(c.chunkSize), Δ clamp [\(clamp.lo), \(clamp.hi)]")
+                    try say("mamba-2      heads \(c.ssmHeads) × head dim \(c.ssmHeadDim) (d_inner \(c.ssmInner)), groups \(c.nGroups), d_state \(c.stateSize), d_conv \(c.convKernel), chunk \(c.chunkSize), Δ clamp [\(clamp.lo), \(clamp.hi)]")
                 }
                 if kinds.contains(.attention) {
-                    print("attention    heads \(c.attentionHeads), KV heads \(c.kvHeads), head dim \(c.attentionHeadDim), no positional encoding")
+                    try say("attention    heads \(c.attentionHeads), KV heads \(c.kvHeads), head dim \(c.attentionHeadDim), no positional encoding")
                 }
-                if kinds.contains(.mlp) { print("mlp          width \(c.mlpWidth), relu², bias \(c.mlpBias)") }
+                if kinds.contains(.mlp) { try say("mlp          width \(c.mlpWidth), relu², bias \(c.mlpBias)") }
             }
-            print("options      conv bias \(c.useConvBias), proj bias \(c.useBias), tied head \(c.tieWordEmbeddings), eps \(c.layerNormEpsilon)")
-            print("parameters   \(c.parameterCount) (\(formatCount(c.parameterCount)))")
+            try say("options      conv bias \(c.useConvBias), proj bias \(c.useBias), tied head \(c.tieWordEmbeddings), eps \(c.layerNormEpsilon)")
+            try say("parameters   \(c.parameterCount) (\(formatCount(c.parameterCount)))")
             if !c.mambakit.isEmpty {
                 let mk = c.mambakit.keys.sorted().map { k -> String in
                     let v = c.mambakit[k]!
@@ -222,12 +219,12 @@ struct Inspect: ParsableCommand {
                         .map { String(decoding: $0, as: UTF8.self) } ?? "\(v)"
                     return "\(k)=\(text)"
                 }.joined(separator: " ")
-                print("mambakit     \(mk)")
+                try say("mambakit     \(mk)")
             }
-            print("tensors      \(file.tensors.count)")
+            try say("tensors      \(file.tensors.count)")
             let width = file.tensors.map(\.name.count).max() ?? 0
             for t in file.tensors {
-                print("  " + t.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  \(t.dtype.rawValue)  \(t.shape)")
+                try say("  " + t.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  \(t.dtype.rawValue)  \(t.shape)")
             }
         }
     }

@@ -11,6 +11,8 @@ struct MambaKitCLI: ParsableCommand {
         subcommands: [Train.self, Eval.self, Generate.self, Classify.self, Fragments.self, Run.self, Inspect.self, Bench.self])
 
     static func main() {
+        // A closed stdout is reported as an error (EPIPE) by the writes that find it, not a silent death.
+        signal(SIGPIPE, SIG_IGN)
         // Give OpenBLAS its vector kernels where its CPU table is too old, and idle workers that sleep instead of
         // polling (BLASCore); one exec, before any work.
         let env = BLASCore.preferredEnvironment()
@@ -59,12 +61,32 @@ func printErr(_ s: String) {
     FileHandle.standardError.write(Data((s + "\n").utf8))
 }
 
+/// Writes all of `bytes` to stdout (fd 1), or throws: a full disk, a closed pipe (SIGPIPE is ignored, so this is
+/// EPIPE) or any other failure is an error and a non-zero exit, never output silently lost.
+func writeStdout(_ bytes: [UInt8]) throws {
+    var done = 0
+    try bytes.withUnsafeBytes { raw in
+        guard let base = raw.baseAddress else { return }
+        while done < raw.count {
+            let n = Glibc.write(1, base + done, raw.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw MambaKitError(.io, "cannot write to stdout: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+}
+
+/// One line on stdout, checked (`print` drops write errors).
+func say(_ s: String) throws { try writeStdout(Array((s + "\n").utf8)) }
+
 /// Prints a JSON object on stdout (sorted keys, one line or pretty).
 func printJSON(_ o: [String: Any], pretty: Bool = true) throws {
     var clean = o
     for (k, v) in o { if let d = v as? Double, !d.isFinite { clean[k] = NSNull() } }
     let data = try JSONSerialization.data(withJSONObject: clean, options: pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys])
-    FileHandle.standardOutput.write(data + Data([10]))
+    try writeStdout(Array(data) + [10])
 }
 
 // MARK: Ctrl-C

@@ -145,6 +145,81 @@ import Testing
         try "{ not json".write(toFile: state, atomically: true, encoding: .utf8)
         try Self.expectRefused(["train"] + Self.data + ["--out", out, "--resume", "--steps", "4"], naming: ["trainer_state.json"])
     }
+
+    // MARK: Files that are not regular files, directory cycles
+
+    @Test func nonRegularFilesAndCycles() throws {
+        let tmp = TempDir()
+        let fifo = tmp.file("fifo")
+        try #require(mkfifo(fifo, 0o600) == 0)
+        try FileManager.default.createDirectory(atPath: tmp.file("loop/a"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: tmp.file("loop/a/up"), withDestinationPath: "..")
+        try FileManager.default.createSymbolicLink(atPath: tmp.file("zero.txt"), withDestinationPath: "/dev/zero")
+        let out = tmp.file("run")
+        for data in ["/dev/zero", fifo, tmp.file("zero.txt")] {
+            try Self.expectRefused(["train", "--data", data, "--out", out, "--steps", "2"], naming: [data, "regular file"])
+            try Self.expectRefused(["train", "--format", "fasta", "--data", data, "--out", out, "--steps", "2"], naming: [data])
+        }
+        try Self.expectRefused(["train", "--format", "audio", "--data", tmp.file("loop"), "--out", out, "--steps", "2",
+                                "--batch-size", "1", "--seq-len", "64"], naming: ["cycle"])
+        // A model directory whose files are a FIFO and a device.
+        let model = tmp.file("model")
+        try FileManager.default.createDirectory(atPath: model, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: model + "/config.json", withDestinationPath: fifo)
+        try FileManager.default.createSymbolicLink(atPath: model + "/model.safetensors", withDestinationPath: "/dev/zero")
+        try Self.expectRefused(["eval", "--model", model, "--data", "samples/text/ruth.txt"], naming: ["config.json"])
+        try Self.expectRefused(["generate", "--model", try Self.tinyModel(tmp), "--prompt-file", fifo], naming: [fifo])
+    }
+
+    // MARK: Models
+
+    /// A trained tiny byte model, for the cases that damage one.
+    static func tinyModel(_ tmp: TempDir) throws -> String {
+        let out = tmp.file("model")
+        let r = try CLI.run(["train"] + data + ["--out", out, "--d-model", "16", "--layers", "1", "--d-state", "4",
+                                                "--batch-size", "1", "--seq-len", "32", "--steps", "1", "--threads", "1"])
+        try #require(r.status == 0, "training failed: \(r.stderr)")
+        return out
+    }
+
+    @Test func damagedModelsAreRefused() throws {
+        let tmp = TempDir()
+        let dir = try Self.tinyModel(tmp)
+        let weights = dir + "/model.safetensors", config = dir + "/config.json"
+        let good = try MambaModel.load(directory: dir)
+        let original = try Data(contentsOf: URL(fileURLWithPath: weights))
+        let originalConfig = try String(contentsOfFile: config, encoding: .utf8)
+        func restore() throws {
+            try original.write(to: URL(fileURLWithPath: weights))
+            try originalConfig.write(toFile: config, atomically: true, encoding: .utf8)
+        }
+        // A NaN in one tensor: refused at load, naming it.
+        var tensors = good.weightTensors()
+        let victim = tensors.firstIndex { $0.name.hasSuffix("in_proj.weight") }!
+        var values = good.params.values(tensors[victim].name)
+        values[3] = .nan
+        tensors[victim] = SafeTensorOut(name: tensors[victim].name, shape: tensors[victim].shape, floats: values)
+        try SafeTensorsFile.write(tensors, to: weights)
+        try Self.expectRefused(["eval", "--model", dir, "--data", "samples/text/ruth.txt"], naming: ["in_proj.weight", "nan"])
+        try Self.expectRefused(["generate", "--model", dir, "--max-new-tokens", "4"], naming: ["in_proj.weight"])
+        try restore()
+        // A config whose sizes disagree with the tensors, or are absurd: refused before the weights are read.
+        for (from, to, name) in [("\"hidden_size\": 16", "\"hidden_size\": 32", "shape"),
+                                 ("\"hidden_size\": 16", "\"hidden_size\": 16000000", "config needs"),
+                                 ("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 100000000", "num_hidden_layers")] {
+            try #require(originalConfig.contains(from), "config.json has no \(from)")
+            try originalConfig.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
+            try Self.expectRefused(["eval", "--model", dir, "--data", "samples/text/ruth.txt"], naming: [name])
+            try Self.expectRefused(["inspect", "--model", dir], naming: [name])
+        }
+        try restore()
+        // A truncated weights file.
+        try original.prefix(original.count / 2).write(to: URL(fileURLWithPath: weights))
+        try Self.expectRefused(["eval", "--model", dir, "--data", "samples/text/ruth.txt"], naming: ["model.safetensors"])
+        try restore()
+        let ok = try Self.run(["eval", "--model", dir, "--data", "samples/text/ruth.txt", "--json"])
+        #expect(ok.status == 0, "the restored model does not evaluate: \(ok.stderr)")
+    }
 }
 
 /// `Workspace.estimatedBytes`, which decides whether a run may start, against what a workspace really holds after a

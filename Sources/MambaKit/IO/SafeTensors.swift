@@ -52,15 +52,21 @@ public final class SafeTensorsFile: Sendable {
     /// All tensors, sorted by `begin`.
     public let tensors: [SafeTensorInfo]
 
-    private let bytes: [UInt8]
+    /// The open file: only the header is read at init; tensor data is read (`pread`) when asked for, so a model is
+    /// checked against its config before its weights take memory.
+    private let fd: Int32
+    /// The file size at open, in bytes.
+    public let fileSize: Int
     private let dataStart: Int
     private let positions: [String: Int]
 
     public init(path: String) throws {
-        let bytes = try readWholeFile(path)
-        let layout = try parseLayout(bytes, path: path)
+        let (fd, size, header) = try readHeader(path)
+        let layout: (metadata: [String: String], tensors: [SafeTensorInfo], dataStart: Int)
+        do { layout = try parseLayout(header, fileSize: size, path: path) } catch { close(fd); throw error }
+        self.fd = fd
+        self.fileSize = size
         self.path = path
-        self.bytes = bytes
         self.dataStart = layout.dataStart
         self.metadata = layout.metadata
         self.tensors = layout.tensors
@@ -68,6 +74,8 @@ public final class SafeTensorsFile: Sendable {
         for (i, info) in layout.tensors.enumerated() { positions[info.name] = i }
         self.positions = positions
     }
+
+    deinit { close(fd) }
 
     /// Tensor names, in data order.
     public var names: [String] { tensors.map(\.name) }
@@ -80,10 +88,11 @@ public final class SafeTensorsFile: Sendable {
     /// nearest (ties to even). Integer dtypes are refused rather than silently converted.
     public func floats(_ name: String) throws -> [Float] {
         let info = try floatTensor(name)
-        return Array(unsafeUninitializedCapacity: info.elementCount) { buffer, initialized in
-            if let base = buffer.baseAddress { convertFloats(info, into: base) }
-            initialized = info.elementCount
+        var out = [Float](repeating: 0, count: info.elementCount)
+        try out.withUnsafeMutableBufferPointer { buffer in
+            if let base = buffer.baseAddress, buffer.count > 0 { try convertFloats(info, into: base) }
         }
+        return out
     }
 
     /// Converts the tensor like `floats(_:)` straight into `destination`, which must hold exactly its element count.
@@ -94,7 +103,7 @@ public final class SafeTensorsFile: Sendable {
                 .shape, "tensor \(describe(info)) has \(info.elementCount) elements but the destination holds \(count)",
                 at: location(info))
         }
-        convertFloats(info, into: destination)
+        if count > 0 { try convertFloats(info, into: destination) }
     }
 
     /// The tensor's values as `Int`, from any integer dtype or BOOL. U64 values above `Int.max` are an error.
@@ -140,9 +149,16 @@ public final class SafeTensorsFile: Sendable {
         }
     }
 
-    private func convertFloats(_ info: SafeTensorInfo, into dst: UnsafeMutablePointer<Float>) {
+    private func convertFloats(_ info: SafeTensorInfo, into dst: UnsafeMutablePointer<Float>) throws {
         let n = info.elementCount
-        withData(info) { src in
+        #if _endian(little)
+        if info.dtype == .F32 {
+            // Little-endian F32 is already the destination's layout: read it in place.
+            try readData(info, into: UnsafeMutableRawPointer(dst))
+            return
+        }
+        #endif
+        try withData(info) { src in
             switch info.dtype {
             case .F32: for i in 0..<n { dst[i] = Float(bitPattern: littleEndian(src, i, as: UInt32.self)) }
             case .F16: for i in 0..<n { dst[i] = floatFromHalfBits(littleEndian(src, i, as: UInt16.self)) }
@@ -154,9 +170,28 @@ public final class SafeTensorsFile: Sendable {
         }
     }
 
-    private func withData<R>(_ info: SafeTensorInfo, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        try bytes.withUnsafeBytes { raw in
-            try body(UnsafeRawBufferPointer(rebasing: raw[(dataStart + info.begin)..<(dataStart + info.end)]))
+    /// The tensor's bytes, read from the file into a temporary buffer for `body`.
+    private func withData<R>(_ info: SafeTensorInfo, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(info.end - info.begin, 1), alignment: 64)
+        defer { raw.deallocate() }
+        try readData(info, into: raw)
+        return try body(UnsafeRawBufferPointer(start: raw, count: info.end - info.begin))
+    }
+
+    /// Reads the tensor's byte span into `dst` (which holds at least that many bytes).
+    private func readData(_ info: SafeTensorInfo, into dst: UnsafeMutableRawPointer) throws {
+        var done = 0
+        let total = info.end - info.begin
+        while done < total {
+            let n = pread(fd, dst + done, min(total - done, 1 << 30), off_t(dataStart + info.begin + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw AtomicFile.systemError(errno, "cannot read tensor data", path: location(info))
+            }
+            if n == 0 {
+                throw MambaKitError(.io, "the file ended early: it shrank after it was opened", at: location(info))
+            }
+            done += n
         }
     }
 
@@ -352,37 +387,57 @@ private func byteCount(_ shape: [Int], _ dtype: SafeTensorDType) -> Int? {
 
 // MARK: - Reading and validation
 
-/// The whole file, read with one loop (a regular file's size is known up front; growth covers anything else).
-private func readWholeFile(_ path: String) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+/// Opens a regular file and reads its 8-byte header length and the header (at most `maxHeaderLength` bytes, and
+/// never past the end of the file). Returns the open descriptor, the file size and the bytes read.
+private func readHeader(_ path: String) throws -> (fd: Int32, size: Int, header: [UInt8]) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { throw AtomicFile.systemError(errno, "cannot open the file", path: path) }
-    defer { close(fd) }
+    var ok = false
+    defer { if !ok { close(fd) } }
     var status = stat()
     guard fstat(fd, &status) == 0 else { throw AtomicFile.systemError(errno, "cannot stat the file", path: path) }
-    // One spare byte lets the final read observe end-of-file without reallocating.
-    var buffer = [UInt8](repeating: 0, count: max(Int(status.st_size), 0) + 1)
-    var count = 0
-    while true {
-        if count == buffer.count { buffer += [UInt8](repeating: 0, count: max(buffer.count, 1 << 16)) }
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
-        if n == 0 { break }
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw AtomicFile.systemError(errno, "cannot read the file", path: path)
-        }
-        count += n
+    guard (status.st_mode & S_IFMT) == S_IFREG else {
+        throw MambaKitError(.io, "not a regular file", at: path)
     }
-    buffer.removeLast(buffer.count - count)
-    return buffer
+    let size = Int(status.st_size)
+    var lengthBytes = [UInt8](repeating: 0, count: 8)
+    let prefix = min(size, 8)
+    try readFully(fd, &lengthBytes, count: prefix, offset: 0, path: path)
+    var want = prefix
+    if size >= 8 {
+        let declared = (0..<8).reduce(UInt64(0)) { $0 | UInt64(lengthBytes[$1]) << (8 * UInt64($1)) }
+        // The limit and the file's end are checked by parseLayout; read no more than either allows.
+        want = 8 + Int(min(declared, UInt64(SafeTensorsFile.maxHeaderLength), UInt64(size - 8)))
+    }
+    var header = [UInt8](repeating: 0, count: want)
+    try readFully(fd, &header, count: want, offset: 0, path: path)
+    ok = true
+    return (fd, size, header)
+}
+
+private func readFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int, offset: Int, path: String) throws {
+    var done = 0
+    try buffer.withUnsafeMutableBytes { raw in
+        guard let base = raw.baseAddress else { return }
+        while done < count {
+            let n = pread(fd, base + done, count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw AtomicFile.systemError(errno, "cannot read the file", path: path)
+            }
+            if n == 0 { throw MambaKitError(.io, "the file ended early: it shrank after it was opened", at: path) }
+            done += n
+        }
+    }
 }
 
 /// Applies every format rule to a whole file and returns its metadata and tensor table (sorted by begin).
-private func parseLayout(_ bytes: [UInt8], path: String)
+private func parseLayout(_ bytes: [UInt8], fileSize: Int, path: String)
     throws -> (metadata: [String: String], tensors: [SafeTensorInfo], dataStart: Int)
 {
     // Rule 1: the 8-byte header length must be present.
-    guard bytes.count >= 8 else {
-        throw MambaKitError(.format, "file is \(bytes.count) bytes, too short to hold the 8-byte header length",
+    guard fileSize >= 8, bytes.count >= 8 else {
+        throw MambaKitError(.format, "file is \(fileSize) bytes, too short to hold the 8-byte header length",
                             at: path)
     }
     // Rule 2: bounded header length, compared as UInt64 before any conversion so huge values cannot trap.
@@ -395,9 +450,9 @@ private func parseLayout(_ bytes: [UInt8], path: String)
     let headerLength = Int(declared)
     let dataStart = 8 + headerLength
     // Rule 3: the header must fit in the file.
-    guard dataStart <= bytes.count else {
+    guard dataStart <= fileSize, dataStart <= bytes.count else {
         throw MambaKitError(
-            .format, "header length \(headerLength) runs past the end of the \(bytes.count)-byte file",
+            .format, "header length \(headerLength) runs past the end of the \(fileSize)-byte file",
             at: "\(path), byte 0")
     }
     // Rule 4: UTF-8, strict JSON, schema.
@@ -452,7 +507,7 @@ private func parseLayout(_ bytes: [UInt8], path: String)
         expected = info.end
     }
     // Rule 8: the data buffer ends exactly at the end of the file (subtraction avoids overflow on huge offsets).
-    let available = bytes.count - dataStart
+    let available = fileSize - dataStart
     if expected < available {
         throw MambaKitError(.format, "\(available - expected) trailing bytes after the last tensor's data",
                             at: "\(path), byte \(dataStart + expected)")
@@ -461,7 +516,7 @@ private func parseLayout(_ bytes: [UInt8], path: String)
         throw MambaKitError(
             .format,
             "file is truncated: the tensor data needs \(expected) bytes but only \(available) follow the header",
-            at: "\(path), byte \(bytes.count)")
+            at: "\(path), byte \(fileSize)")
     }
     return (metadata, tensors, dataStart)
 }

@@ -17,10 +17,7 @@ import Foundation
 extension MambaConfig {
     /// Reads config.json in any of the layouts above.
     public static func load(path: String) throws -> MambaConfig {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw MambaKitError(.io, "cannot read config: \(ioReason(error))", at: path)
-        }
+        let data = Data(try FileInput.readBytes(path, maxBytes: 16 << 20))
         guard let obj = (try? JSONSerialization.jsonObject(with: Data(sanitizedJSON(data)))) as? [String: Any] else {
             throw MambaKitError(.format, "config is not a JSON object", at: path)
         }

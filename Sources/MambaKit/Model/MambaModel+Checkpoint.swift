@@ -23,13 +23,23 @@ extension MambaModel {
             throw MambaKitError(.io, "no \(weightsFile) in the model directory", at: dir)
         }
         let config = try MambaConfig.load(path: cfgPath)
+        // The header only: every tensor is checked against the config before the parameters are allocated.
+        let file = try SafeTensorsFile(path: wPath)
+        let matched = try match(file, layout: MambaModel.layout(for: config), config: config)
         let model = try MambaModel(config: config)
-        try model.loadWeights(from: SafeTensorsFile(path: wPath))
+        try model.fill(from: file, matched)
         return model
     }
 
     /// Fills the parameters from a safetensors file in HF's or mamba_ssm's key layout.
     public func loadWeights(from file: SafeTensorsFile) throws {
+        try fill(from: file, try Self.match(file, layout: params.layout, config: config))
+    }
+
+    /// The file's tensor for each view of `layout`, after checking names and shapes (nothing is read but the header):
+    /// every view present with its shape, nothing unexpected.
+    static func match(_ file: SafeTensorsFile, layout: ArenaLayout, config: MambaConfig) throws
+        -> (tensors: [(view: TensorView, tensor: SafeTensorInfo)], tiedHead: SafeTensorInfo?) {
         let where_ = file.path
         // mamba_ssm says `backbone.embedding.weight`; HF says `backbone.embeddings.weight`.
         var byName: [String: SafeTensorInfo] = [:]
@@ -41,32 +51,50 @@ extension MambaModel {
             byName[name] = t
         }
         var missing: [String] = []
-        for view in params.layout.views {
+        var pairs: [(view: TensorView, tensor: SafeTensorInfo)] = []
+        for view in layout.views {
             guard let t = byName[view.name] else { missing.append(view.name); continue }
             // Conv weights are [ED, 1, K]; accept an equivalent [ED, K] as well.
             let shapeOK = t.shape == view.shape
-                || (view.name.hasSuffix("conv1d.weight") && t.shape == [view.shape[0], view.shape[2]])
+                || (view.name.hasSuffix("conv1d.weight") && view.shape.count == 3 && t.shape == [view.shape[0], view.shape[2]])
             guard shapeOK else {
                 throw MambaKitError(.shape, "tensor '\(view.name)' has shape \(t.shape) but the config needs \(view.shape)", at: where_)
             }
-            try file.copyFloats(t.name, into: params.ptr(view), count: view.count)
+            pairs.append((view, t))
         }
         if !missing.isEmpty {
             let list = missing.prefix(5).joined(separator: ", ") + (missing.count > 5 ? ", … (\(missing.count) in all)" : "")
             throw MambaKitError(.format, "missing tensors: \(list)", at: where_)
         }
-        var unexpected = byName.keys.filter { !params.layout.contains($0) }.sorted()
+        var unexpected = byName.keys.filter { !layout.contains($0) }.sorted()
+        var tied: SafeTensorInfo?
         if config.tieWordEmbeddings, let i = unexpected.firstIndex(of: "lm_head.weight") {
             // Tied checkpoints may carry the head too (mamba_ssm always does); it must be the embedding itself.
             unexpected.remove(at: i)
-            let head = try file.floats(byName["lm_head.weight"]!.name)
-            let emb = params.values("backbone.embeddings.weight")
-            if head.count != emb.count || head != emb {
-                throw MambaKitError(.format, "config ties the head to the embeddings, but lm_head.weight differs from them", at: where_)
-            }
+            tied = byName["lm_head.weight"]
         }
         if !unexpected.isEmpty {
             throw MambaKitError(.format, "unexpected tensors: \(unexpected.prefix(5).joined(separator: ", "))", at: where_)
+        }
+        return (pairs, tied)
+    }
+
+    /// Reads the matched tensors into the parameters; a NaN or infinity in any of them is refused, naming it.
+    func fill(from file: SafeTensorsFile,
+              _ matched: (tensors: [(view: TensorView, tensor: SafeTensorInfo)], tiedHead: SafeTensorInfo?)) throws {
+        for (view, t) in matched.tensors {
+            let p = params.ptr(view)
+            try file.copyFloats(t.name, into: p, count: view.count)
+            if let bad = (0..<view.count).first(where: { !p[$0].isFinite }) {
+                throw MambaKitError(.numeric, "tensor '\(view.name)' holds \(p[bad]) at element \(bad)", at: file.path)
+            }
+        }
+        if let head = matched.tiedHead {
+            let values = try file.floats(head.name)
+            let emb = params.values("backbone.embeddings.weight")
+            if values.count != emb.count || values != emb {
+                throw MambaKitError(.format, "config ties the head to the embeddings, but lm_head.weight differs from them", at: file.path)
+            }
         }
     }
 

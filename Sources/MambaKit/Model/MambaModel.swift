@@ -12,7 +12,9 @@
 public final class MambaModel {
     public let config: MambaConfig
     public let params: Arena
-    public let grads: Arena
+    /// Gradients, allocated on first use: only training needs them (eval, generation, inspect and predict hold the
+    /// parameters alone).
+    public private(set) lazy var grads: Arena = Arena(layout: params.layout)
     /// The stack, one block per layer (`backbone.layers.N.mixer`).
     public let blocks: [Block]
     /// Each layer's pre-norm `backbone.layers.N.norm.weight`.
@@ -53,8 +55,9 @@ public final class MambaModel {
         try config.validate()
         self.config = config
         let (lay, blocks) = MambaModel.build(config)
+        try MemoryBudget.check(bytes: MemoryBudget.product(lay.total, 4),
+                               "a model of \(lay.total) parameters", hint: "a smaller configuration")
         params = Arena(layout: lay)
-        grads = Arena(layout: lay)
         self.blocks = blocks
         func v(_ n: String) -> TensorView { lay.view(n)! }
         layerNorms = (0..<config.numHiddenLayers).map { v("backbone.layers.\($0).norm.weight") }

@@ -225,8 +225,12 @@ public enum LanguageModelTask {
         case .bytes:
             var streams: [(name: String, tokens: [Int32])] = []
             var fp: [String] = []
+            // Held in memory as 4-byte tokens (streaming from disk is issue 12's store): the files together may
+            // take at most a fifth of the memory budget.
+            var budget = MemoryBudget.available / 5 / 5
             for p in expandPaths(paths) {
-                let bytes = try FileInput.readBytes(p)
+                let bytes = try FileInput.readBytes(p, maxBytes: budget)
+                budget -= bytes.count
                 streams.append((p, ByteTokenizer.encode(bytes)))
                 fp.append("\(p):\(bytes.count)")
             }
@@ -265,17 +269,26 @@ public enum LanguageModelTask {
 
     /// Files named directly, and files found by walking named directories (sorted, hidden ones skipped): audio
     /// datasets come as one folder per class or speaker.
-    static func expandPathsRecursively(_ paths: [String]) -> [String] {
+    /// A directory reached again through a symlink is an error (a cycle would recurse forever); depth is capped.
+    static func expandPathsRecursively(_ paths: [String]) throws -> [String] {
         var out: [String] = []
-        for p in paths {
-            var isDir: ObjCBool = false
-            if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), isDir.boolValue {
-                let names = ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
-                out += expandPathsRecursively(names.map { p + "/" + $0 })
-            } else {
-                out.append(p)
+        var visiting = Set<[UInt64]>()
+        func walk(_ p: String, depth: Int) throws {
+            var st = stat()
+            guard stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { out.append(p); return }
+            let id = [UInt64(st.st_dev), UInt64(st.st_ino)]
+            guard visiting.insert(id).inserted else {
+                throw MambaKitError(.io, "directory cycle: this directory contains itself through a symbolic link", at: p)
             }
+            defer { visiting.remove(id) }
+            guard depth < 64 else { throw MambaKitError(.io, "directories nested more than 64 deep", at: p) }
+            let names: [String]
+            do { names = try FileManager.default.contentsOfDirectory(atPath: p).filter { !$0.hasPrefix(".") }.sorted() } catch {
+                throw MambaKitError(.io, "cannot list the directory: \(ioReason(error))", at: p)
+            }
+            for n in names { try walk(p + "/" + n, depth: depth + 1) }
         }
+        for p in paths { try walk(p, depth: 0) }
         return out
     }
 
@@ -424,7 +437,7 @@ public enum LanguageModelTask {
         let clock = ContinuousClock()
         let t0 = clock.now
         var total = Evaluator.Result(sum: 0, count: 0)
-        let files = expandPathsRecursively([path]).filter {
+        let files = try expandPathsRecursively([path]).filter {
             ClassificationDataset.audioExtensions.contains(($0 as NSString).pathExtension.lowercased())
         }
         guard !files.isEmpty else { throw MambaKitError(.usage, "no audio files", at: path) }

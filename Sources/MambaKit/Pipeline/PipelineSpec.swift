@@ -143,7 +143,7 @@ public struct PipelineSpec {
     }
 
     public static func load(path: String) throws -> PipelineSpec {
-        let bytes = try FileInput.readBytes(path)
+        let bytes = try FileInput.readBytes(path, maxBytes: 16 << 20)
         guard let text = String(bytes: bytes, encoding: .utf8) else {
             throw MambaKitError(.format, "not UTF-8 text", at: path)
         }

@@ -461,7 +461,7 @@ final class MetricsLog {
             throw MambaKitError(.io, "cannot open metrics log for writing", at: path)
         }
         handle = h
-        handle.seekToEndOfFile()
+        do { try handle.seekToEnd() } catch { throw MambaKitError(.io, "cannot write the metrics log: \(ioReason(error))", at: path) }
     }
 
     deinit { try? handle.close() }
@@ -470,6 +470,8 @@ final class MetricsLog {
         var o = obj
         for (k, v) in o { if let d = v as? Double, !d.isFinite { o[k] = NSNull() } }
         let data = try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])
-        handle.write(data + Data([10]))
+        do { try handle.write(contentsOf: data + Data([10])) } catch {
+            throw MambaKitError(.io, "cannot write the metrics log: \(ioReason(error))", at: path)
+        }
     }
 }

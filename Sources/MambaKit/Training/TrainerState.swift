@@ -24,7 +24,7 @@ public struct TrainerState {
         guard size <= Self.maxBytes else {
             throw MambaKitError(.format, "trainer state is \(size) bytes, more than the \(Self.maxBytes) accepted", at: path)
         }
-        try self.init(bytes: try FileInput.readBytes(path), path: path)
+        try self.init(bytes: try FileInput.readBytes(path, maxBytes: Self.maxBytes), path: path)
     }
 
     public init(bytes: [UInt8], path: String) throws {
