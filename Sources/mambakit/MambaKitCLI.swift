@@ -93,15 +93,19 @@ func printJSON(_ o: [String: Any], pretty: Bool = true) throws {
 
 nonisolated(unsafe) var interruptRequested: sig_atomic_t = 0
 
-/// The first Ctrl-C asks the trainer to checkpoint and stop; a second one exits at once.
-/// SIGINT is also unblocked: a parent may hand its blocked mask down (some launchers and thread pools do).
+/// The first Ctrl-C or SIGTERM (what `timeout`, Docker and Slurm send) asks the trainer to checkpoint and stop; a
+/// second one exits at once. Both are also unblocked: a parent may hand its blocked mask down (some launchers and
+/// thread pools do).
 func installInterruptHandler() {
-    signal(SIGINT) { _ in
-        if interruptRequested != 0 { _exit(130) }
-        interruptRequested = 1
+    for sig in [SIGINT, SIGTERM] {
+        signal(sig) { _ in
+            if interruptRequested != 0 { _exit(130) }
+            interruptRequested = 1
+        }
     }
     var set = sigset_t()
     sigemptyset(&set)
     sigaddset(&set, SIGINT)
+    sigaddset(&set, SIGTERM)
     pthread_sigmask(SIG_UNBLOCK, &set, nil)
 }

@@ -220,6 +220,105 @@ import Testing
         let ok = try Self.run(["eval", "--model", dir, "--data", "samples/text/ruth.txt", "--json"])
         #expect(ok.status == 0, "the restored model does not evaluate: \(ok.stderr)")
     }
+
+    // MARK: Runs: locks, signals, killed writers, --overwrite, --resume
+
+    static let tinyRun = ["--d-model", "16", "--layers", "1", "--d-state", "4", "--batch-size", "1", "--seq-len", "32",
+                          "--threads", "1"]
+
+    /// Starts a long training run in the background and waits until it has written a checkpoint.
+    static func startLongRun(out: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["train"] + data + ["--out", out, "--steps", "100000", "--checkpoint-every", "5", "--log-every", "1000"]
+            + tinyRun
+        p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        killAfter(p, seconds: 120)
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: out + "/checkpoints/latest") && Date() < deadline && p.isRunning {
+            usleep(50_000)
+        }
+        try #require(FileManager.default.fileExists(atPath: out + "/checkpoints/latest"), "the run wrote no checkpoint")
+        return p
+    }
+
+    @Test func secondWriterIsRefusedAndSIGTERMCheckpoints() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let p = try Self.startLongRun(out: out)
+        // A second run into the same directory is refused while the first holds it.
+        try Self.expectRefused(["train"] + Self.data + ["--out", out, "--steps", "3", "--resume"] + Self.tinyRun,
+                               naming: ["another mambakit process", "pid \(p.processIdentifier)"])
+        // SIGTERM (timeout, Docker, Slurm) checkpoints and exits like Ctrl-C.
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .exit && p.terminationStatus == 130, "SIGTERM: status \(p.terminationStatus)")
+        let latest = try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let step = Int(latest.dropFirst("step-".count)) ?? 0
+        #expect(step > 0)
+        let again = try CLI.run(["train"] + Self.data + ["--out", out, "--resume", "--steps", "\(step + 2)"] + Self.tinyRun)
+        #expect(again.status == 0, "resume after SIGTERM failed: \(again.stderr)")
+    }
+
+    @Test func sigkillLeavesAResumableRunAndItsTemporariesAreCleaned() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let p = try Self.startLongRun(out: out)
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        // What a writer killed mid-save leaves behind.
+        let staleDir = out + "/checkpoints/.step-99999999.tmp-4242"
+        try FileManager.default.createDirectory(atPath: staleDir, withIntermediateDirectories: true)
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: out + "/.model.safetensors.tmp-4242-x"))
+        let latest = try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let step = Int(latest.dropFirst("step-".count)) ?? 0
+        let r = try CLI.run(["train"] + Self.data + ["--out", out, "--resume", "--steps", "\(step + 3)"] + Self.tinyRun)
+        #expect(r.status == 0, "resume after SIGKILL failed: \(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: staleDir), "stale checkpoint temporary left")
+        #expect(!FileManager.default.fileExists(atPath: out + "/.model.safetensors.tmp-4242-x"), "stale temporary left")
+        #expect(try MambaModel.load(directory: out).config.hiddenSize == 16)
+    }
+
+    @Test func resumeWithAnotherFormatIsRefused() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let ok = try CLI.run(["train"] + Self.data + ["--out", out, "--steps", "2"] + Self.tinyRun)
+        try #require(ok.status == 0, "\(ok.stderr)")
+        try Self.expectRefused(["train", "--format", "fasta", "--data", "samples/dna/promoters", "--out", out, "--resume",
+                                "--steps", "4"] + Self.tinyRun, naming: ["--format bytes"])
+    }
+
+    @Test func overwriteKeepsTheOldRunUntilTheNewOneStarts() throws {
+        let tmp = TempDir()
+        let pipeline = tmp.file("p.yaml")
+        let body = """
+            name: tinyrun
+            data: { format: bytes, train: [DATA], val_fraction: 0.05 }
+            model: { d_model: 16, layers: 1, d_state: 4 }
+            train: { steps: 2, batch_size: 1, seq_len: 32 }
+            generate: { max_new_tokens: 4 }
+            """
+        try body.replacingOccurrences(of: "DATA", with: "samples/text/ruth.txt").write(toFile: pipeline, atomically: true, encoding: .utf8)
+        let runs = tmp.file("runs")
+        let first = try CLI.run(["run", pipeline, "--runs-dir", runs, "--threads", "1"])
+        try #require(first.status == 0, "\(first.stderr)")
+        let summary = try Data(contentsOf: URL(fileURLWithPath: runs + "/tinyrun/summary.json"))
+        // A new run whose data is missing fails before training: the old run is put back whole.
+        try body.replacingOccurrences(of: "DATA", with: "samples/text/missing.txt").write(toFile: pipeline, atomically: true, encoding: .utf8)
+        try Self.expectRefused(["run", pipeline, "--runs-dir", runs, "--overwrite"], naming: ["missing.txt"])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: runs + "/tinyrun/summary.json")) == summary)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: runs) == ["tinyrun"])
+        // One that starts replaces it.
+        try body.replacingOccurrences(of: "DATA", with: "samples/text/genesis.txt").write(toFile: pipeline, atomically: true, encoding: .utf8)
+        let second = try CLI.run(["run", pipeline, "--runs-dir", runs, "--overwrite", "--threads", "1"])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: runs) == ["tinyrun"])
+    }
 }
 
 /// `Workspace.estimatedBytes`, which decides whether a run may start, against what a workspace really holds after a

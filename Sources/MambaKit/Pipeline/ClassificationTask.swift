@@ -74,6 +74,9 @@ public enum ClassificationTask {
     /// `patience` validations without improvement when it is positive).
     public static func train(_ s: Settings, model modelSpec: ModelSpec, train trainSpec: PipelineSpec.TrainSpec,
                              events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> (Trainer, ClassificationObjective) {
+        // The run directory is ours from before a resume reads it until training ends.
+        let lock = try RunLock(directory: s.out)
+        defer { withExtendedLifetime(lock) {} }
         var baseOptions = Trainer.Options()
         baseOptions.keepBest = true
         var baseSpec = ModelSpec()

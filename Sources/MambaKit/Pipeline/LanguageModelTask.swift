@@ -318,6 +318,9 @@ public enum LanguageModelTask {
                              train trainSpec: PipelineSpec.TrainSpec, valFraction: Double?, resume: Bool, tokenizer: DNATokenizer = DNATokenizer(),
                              audio: AudioTokenizer = AudioTokenizer(),
                              events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> Trainer {
+        // The run directory is ours from before a resume reads it until training ends.
+        let lock = try RunLock(directory: out)
+        defer { withExtendedLifetime(lock) {} }
         var baseOptions = Trainer.Options()
         var baseSpec = ModelSpec()
         var tokenizer = tokenizer
@@ -328,6 +331,10 @@ public enum LanguageModelTask {
             }
             baseOptions = saved.options
             baseSpec = ModelSpec(saved.config)
+            let savedFormat = (saved.config.mambakit["format"] as? String) ?? DataFormat.bytes.rawValue
+            guard savedFormat == format.rawValue else {
+                throw MambaKitError(.usage, "the run was trained on --format \(savedFormat) data; resume it with --format \(savedFormat)", at: out)
+            }
             if format == .fasta { tokenizer = try ClassificationTask.dnaTokenizer(of: saved.config, at: out) }
             if format == .audio, case let .audio(a) = try ModelTokenizer(config: saved.config, at: out) { audio = a }
         }

@@ -246,7 +246,11 @@ public final class Trainer {
     /// last good checkpoint stays as it was.
     public func run(events: (Event) -> Void = { _ in }, shouldStop: () -> Bool = { false }) throws {
         try options.validate()
-        try ensureDirectory(outDir)
+        // One writer per run directory; what a killed writer left half-written goes first.
+        let lock = try RunLock(directory: outDir)
+        defer { withExtendedLifetime(lock) {} }
+        RunLock.removeStaleTemporaries(in: outDir)
+        RunLock.removeStaleTemporaries(in: checkpointsDir)
         let o = options
         let metrics = try MetricsLog(path: metricsPath, keepThroughStep: step)
         events(.started(step: step, of: o.steps, parameters: model.config.parameterCount,
