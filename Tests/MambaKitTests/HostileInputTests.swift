@@ -221,6 +221,45 @@ import Testing
         #expect(ok.status == 0, "the restored model does not evaluate: \(ok.stderr)")
     }
 
+    // MARK: Memory that must not grow with the input
+
+    /// A 3 MB prompt (its logits alone were 3 GB) and an evaluation chunk of 16 M tokens run under a 1.5 GB
+    /// address-space limit: prefill and evaluation work in chunks that fit, carrying the state.
+    @Test func longPromptsAndHugeChunksStayBounded() throws {
+        let tmp = TempDir()
+        let model = try Self.tinyModel(tmp)
+        var rng = RNG(seed: 5)
+        let prompt = tmp.file("prompt.bin")
+        try Data((0..<3_000_000).map { _ in UInt8(rng.int(below: 256)) }).write(to: URL(fileURLWithPath: prompt))
+        func bounded(_ args: [String]) throws -> Outcome {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "ulimit -v 1500000; exec \"$0\" \"$@\"", CLI.binary] + args
+            p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+            let out = Pipe(), err = Pipe()
+            p.standardOutput = out
+            p.standardError = err
+            try p.run()
+            killAfter(p, seconds: 120)
+            let o = out.fileHandleForReading.readDataToEndOfFile()
+            let e = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return Outcome(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal, stdout: o,
+                           stderr: String(decoding: e, as: UTF8.self), seconds: 0)
+        }
+        let gen = try bounded(["generate", "--model", model, "--prompt-file", prompt, "--max-new-tokens", "3"])
+        #expect(gen.status == 0 && !gen.signalled, "generate: \(gen.stderr.suffix(400))")
+        #expect(gen.stdout.count == 3)
+        let whole = try bounded(["eval", "--model", model, "--data", prompt, "--chunk", "16000000", "--json"])
+        let small = try bounded(["eval", "--model", model, "--data", prompt, "--chunk", "4096", "--json"])
+        #expect(whole.status == 0 && small.status == 0, "eval: \(whole.stderr.suffix(300)) \(small.stderr.suffix(300))")
+        let a = try JSONSerialization.jsonObject(with: whole.stdout) as? [String: Any]
+        let b = try JSONSerialization.jsonObject(with: small.stdout) as? [String: Any]
+        let (la, lb) = ((a?["loss"] as? Double) ?? .nan, (b?["loss"] as? Double) ?? .nan)
+        #expect(abs(la - lb) <= 1e-5 * abs(lb), "chunked evaluations disagree: \(la) vs \(lb)")
+        #expect((a?["tokens"] as? Int) == 2_999_999)
+    }
+
     // MARK: Runs: locks, signals, killed writers, --overwrite, --resume
 
     static let tinyRun = ["--d-model", "16", "--layers", "1", "--d-state", "4", "--batch-size", "1", "--seq-len", "32",

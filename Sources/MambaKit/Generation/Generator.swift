@@ -28,9 +28,18 @@ public final class Generator {
             throw MambaKitError(.usage, "prompt token \(id) is outside the vocabulary of \(V)")
         } }
         state.reset()
-        let ws = Workspace(config: model.config, B: batch, L: L, training: false)
-        let flat = prompts.flatMap { $0 }
-        flat.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state, lastOnly: true) }
+        // In chunks whose workspace stays within 256 MB, the state carried from one to the next: a long prompt
+        // costs time, not memory.
+        let chunk = min(L, Workspace.maxTokens(config: model.config, B: batch))
+        var ws = Workspace(config: model.config, B: batch, L: chunk, training: false)
+        var t0 = 0
+        while t0 < L {
+            let n = min(chunk, L - t0)
+            if n != ws.L { ws = Workspace(config: model.config, B: batch, L: n, training: false) }
+            let ids = prompts.flatMap { $0[t0..<(t0 + n)] }
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state, lastOnly: true) }
+            t0 += n
+        }
         return Array(UnsafeBufferPointer(start: ws.logits.ptr, count: batch * V))
     }
 

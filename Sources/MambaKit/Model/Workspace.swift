@@ -101,6 +101,17 @@ public final class Workspace {
         return MemoryBudget.product(MemoryBudget.affine(fixed, perToken, MemoryBudget.product(B, L)), 4)
     }
 
+    /// The most tokens per sequence (at least 1) whose inference workspace for `B` sequences fits in `budget`
+    /// bytes: evaluation and prompt prefill split longer inputs into chunks of this size, carrying the state, so
+    /// their memory does not grow with the input whatever `--chunk` or the prompt asks for.
+    public static func maxTokens(config c: MambaConfig, B: Int, budget: Int = 256 << 20) -> Int {
+        let e1 = estimatedBytes(config: c, B: 1, L: 1, training: false)
+        let e2 = estimatedBytes(config: c, B: 1, L: 1025, training: false)
+        let perToken = max(1, (e2 - e1) / 1024)
+        let fixed = max(0, e1 - perToken)
+        return max(1, (budget - fixed) / MemoryBudget.product(perToken, max(1, B)))
+    }
+
     /// Bytes held by the activations and scratch.
     public var bytes: Int {
         var n = (resid + rstd).reduce(0) { $0 + $1.count }

@@ -15,6 +15,9 @@ public enum Evaluator {
     public static func nll(model: MambaModel, chunk: Int = 2048, progress: ((Int) -> Void)? = nil,
                            read: (Int) throws -> [Int32]) throws -> Result {
         let c = model.config
+        // A chunk's workspace (its logits are chunk × vocabulary floats) stays within 256 MB: longer chunks are
+        // split, which the carried state makes the same computation.
+        let chunk = min(max(1, chunk), Workspace.maxTokens(config: c, B: 1))
         let state = RecurrentState(config: c, batch: 1)
         var wsFull: Workspace? = nil
         var pending = try read(chunk + 1)
