@@ -53,7 +53,7 @@ struct ClassifyTrain: ParsableCommand {
         abstract: "Train a classifier on a directory with one FASTA/FASTQ (optionally .gz) per class, or a file plus --labels.")
 
     @Option(help: "Training data: a directory (one sequence file or folder per class; class = file stem; audio: one folder per class), or a sequence file with --labels.") var train: String
-    @Option(help: "What the data is: fasta (default) or audio.") var format: String = "fasta"
+    @Option(help: "What the data is: fasta or audio (default: recognised from the first file's bytes).") var format: String?
     @Option(help: "TSV of id<TAB>label for a --train file.") var labels: String?
     @Option(help: "Validation data, laid out like --train (default: --val-fraction of --train, stratified).") var val: String?
     @Option(name: .customLong("val-labels"), help: "TSV of id<TAB>label for a --val file.") var valLabels: String?
@@ -88,10 +88,19 @@ struct ClassifyTrain: ParsableCommand {
             s.strand = st
             s.rcAugment = rcAugment
             s.classWeights = classWeights
-            switch format {
+            var format = self.format
+            if format == nil {
+                let (kind, file) = try DataKind.recognise(train)
+                guard let kind else {
+                    throw MambaKitError(.usage, "cannot tell whether the data is FASTA/FASTQ or audio from its first file; pass --format fasta or --format audio", at: file)
+                }
+                format = kind.rawValue
+                printErr("data: \(kind == .audio ? "audio" : "FASTA/FASTQ") (recognised from \(file); --format overrides)")
+            }
+            switch format ?? "" {
             case "fasta": s.tokenizer = .dna(try dna.tokenizer())
             case "audio": s.tokenizer = .audio(try audio.tokenizer())
-            default: throw MambaKitError(.usage, "--format '\(format)' is not one of fasta, audio")
+            default: throw MambaKitError(.usage, "--format '\(format ?? "")' is not one of fasta, audio")
             }
             s.valFraction = shape.valFraction ?? 0.1
             s.resume = resume

@@ -221,6 +221,30 @@ import Testing
         #expect(ok.status == 0, "the restored model does not evaluate: \(ok.stderr)")
     }
 
+    // MARK: Careless use
+
+    /// `classify train` on folders of WAV files without `--format audio` trains an audio classifier (it answered
+    /// with a FASTA parse error); the kind comes from the files' first bytes.
+    @Test func dataKindIsRecognisedFromTheFiles() throws {
+        #expect(try DataKind.recognise("samples/audio/digits").kind == .audio)
+        #expect(try DataKind.recognise("samples/dna/promoters").kind == .sequences)
+        #expect(try DataKind.recognise("samples/text/ruth.txt").kind == nil)
+        #expect(DataKind.kind(ofHead: Array("fLaC".utf8)) == .audio)
+        #expect(DataKind.kind(ofHead: Array("RIFF\0\0\0\0WAVEfmt ".utf8)) == .audio)
+        #expect(DataKind.kind(ofHead: Array("RIFF\0\0\0\0AVI LIST".utf8)) == nil)
+        #expect(DataKind.kind(ofHead: Array("\r\n@read1".utf8)) == .sequences)
+        let tmp = TempDir()
+        let r = try CLI.run(["classify", "train", "--train", "samples/audio/digits", "--out", tmp.file("m"), "--steps", "2",
+                             "--d-model", "16", "--layers", "1", "--batch-size", "2", "--seq-len", "256", "--threads", "1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("data: audio"))
+        #expect(try MambaModel.load(directory: tmp.file("m")).config.mambakit["format"] as? String == "audio")
+        // Text files are neither: the error says so and how to choose.
+        try FileManager.default.createDirectory(atPath: tmp.file("text/a"), withIntermediateDirectories: true)
+        try "hello".write(toFile: tmp.file("text/a/x.txt"), atomically: true, encoding: .utf8)
+        try Self.expectRefused(["classify", "train", "--train", tmp.file("text"), "--out", tmp.file("t")], naming: ["--format"])
+    }
+
     // MARK: Memory that must not grow with the input
 
     /// A 3 MB prompt (its logits alone were 3 GB) and an evaluation chunk of 16 M tokens run under a 1.5 GB
