@@ -20,6 +20,9 @@ struct Eval: ParsableCommand {
             let m = try MambaModel.load(directory: model)
             let fmt = try DataFormat.parse(format ?? (m.config.mambakit["format"] as? String) ?? "bytes")
             let report = try LanguageModelTask.evaluate(model: m, path: data, format: fmt, chunk: chunk)
+            guard report.result.count == 0 || report.result.meanLoss.isFinite else {
+                throw MambaKitError(.numeric, "the loss is \(report.result.meanLoss): the model's logits overflow on this input", at: data)
+            }
             if json {
                 try printJSON(report.json)
             } else {

@@ -284,6 +284,38 @@ import Testing
         #expect((a?["tokens"] as? Int) == 2_999_999)
     }
 
+    /// A record over the reader's limit — many lines, one endless line, or a small gzip "bomb" that inflates to a
+    /// long record — stops with an error naming the record or line once the limit is reached.
+    @Test func sequenceRecordsAndLinesAreBounded() throws {
+        let tmp = TempDir()
+        let limit = 1 << 20
+        func read(_ path: String) throws { let r = try SequenceReader(path: path, maxRecordLength: limit); while try r.next() != nil {} }
+        func expectError(_ path: String, _ words: [String], sourceLocation: SourceLocation = #_sourceLocation) {
+            do { try read(path); Issue.record("\(path): no error", sourceLocation: sourceLocation) } catch let e as MambaKitError {
+                for w in words { #expect(e.description.contains(w), "\(e)", sourceLocation: sourceLocation) }
+            } catch { Issue.record("\(error)", sourceLocation: sourceLocation) }
+        }
+        let lines = String(repeating: String(repeating: "ACGT", count: 15) + "\n", count: 20_000)  // 1.2 Mbases
+        try (">long\n" + lines + ">next\nACGT\n").write(toFile: tmp.file("many.fa"), atomically: true, encoding: .utf8)
+        expectError(tmp.file("many.fa"), ["record 'long'", "longer than \(limit)"])
+        try (">one\n" + String(repeating: "A", count: 3 << 20)).write(toFile: tmp.file("one.fa"), atomically: true, encoding: .utf8)
+        expectError(tmp.file("one.fa"), ["line"])
+        // 8 MB of one base compress to a few kB.
+        try (">bomb\n" + String(repeating: String(repeating: "A", count: 60) + "\n", count: 140_000))
+            .write(toFile: tmp.file("bomb.fa"), atomically: true, encoding: .utf8)
+        let gz = Process()
+        gz.executableURL = URL(fileURLWithPath: "/bin/gzip")
+        gz.arguments = ["-9", tmp.file("bomb.fa")]
+        try gz.run()
+        gz.waitUntilExit()
+        try #require(gz.terminationStatus == 0)
+        #expect(try FileInput.checkFile(tmp.file("bomb.fa.gz")) < 100_000)
+        expectError(tmp.file("bomb.fa.gz"), ["record 'bomb'"])
+        // Under the limit, the same reader reads them.
+        try (">ok\n" + String(repeating: "ACGT\n", count: 1000)).write(toFile: tmp.file("ok.fa"), atomically: true, encoding: .utf8)
+        try read(tmp.file("ok.fa"))
+    }
+
     // MARK: Runs: locks, signals, killed writers, --overwrite, --resume
 
     static let tinyRun = ["--d-model", "16", "--layers", "1", "--d-state", "4", "--batch-size", "1", "--seq-len", "32",

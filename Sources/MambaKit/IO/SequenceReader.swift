@@ -38,12 +38,20 @@ public final class SequenceReader {
     public let isCompressed: Bool
 
     private let lines: LineBuffer
+    /// Longest record (bases, and quality for FASTQ) and so longest line accepted.
+    public let maxRecordLength: Int
 
-    public init(path: String) throws {
+    /// The default `maxRecordLength`: 4 Gbases (above any chromosome, unwrapped or not), or a quarter of the memory
+    /// budget when that is less. A gzip "bomb" or a binary file without line feeds stops there with an error naming
+    /// the record or line, instead of taking all memory.
+    public static var defaultMaxRecordLength: Int { min(1 << 32, max(1 << 20, MemoryBudget.available / 4)) }
+
+    public init(path: String, maxRecordLength: Int = SequenceReader.defaultMaxRecordLength) throws {
         self.path = path
+        self.maxRecordLength = max(1, maxRecordLength)
         let source = try ByteSource(path: path)
         self.isCompressed = source.isGzip
-        let lines = LineBuffer(source: source, path: path)
+        let lines = LineBuffer(source: source, path: path, maxLine: self.maxRecordLength)
         self.lines = lines
         // The format comes from the first non-empty line; an empty file reads as zero FASTA records.
         var detected = Format.fasta
@@ -100,6 +108,7 @@ public final class SequenceReader {
                 break
             }
             try checkText("sequence")
+            guard sequence.count + lines.currentLine.count <= maxRecordLength else { throw tooLong(name) }
             lines.appendLine(to: &sequence)
         }
         return SequenceRecord(name: name, description: description, sequence: sequence, quality: nil)
@@ -132,6 +141,11 @@ public final class SequenceReader {
     }
 
     // MARK: - Helpers
+
+    private func tooLong(_ name: String) -> MambaKitError {
+        MambaKitError(.format, "record '\(name)' is longer than \(maxRecordLength) bases, the most this reader holds",
+                      at: "\(path), line \(lines.lineNumber)")
+    }
 
     /// Splits the current header line (first byte is `>` or `@`) into name and description.
     private func parseHeader() throws -> (String, String) {
@@ -195,9 +209,13 @@ private final class LineBuffer {
     /// 1-based number of the current line.
     private(set) var lineNumber = 0
 
-    init(source: ByteSource, path: String) {
+    /// Longest line held: a longer one is an error (binary data without line feeds, or a record over the limit).
+    private let maxLine: Int
+
+    init(source: ByteSource, path: String, maxLine: Int) {
         self.source = source
         self.path = path
+        self.maxLine = maxLine
         self.capacity = ByteSource.chunkSize
         self.buf = .allocate(capacity: capacity)
     }
@@ -314,6 +332,10 @@ private final class LineBuffer {
             next = 0
         }
         if end == capacity {
+            guard end - next < maxLine + 2 else {
+                throw MambaKitError(.format, "line longer than \(maxLine) bytes (binary data, or a record over the limit)",
+                                    at: "\(path), line \(lineNumber + 1)")
+            }
             let newCapacity = capacity * 2
             let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
             grown.update(from: buf, count: end)
