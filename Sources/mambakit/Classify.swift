@@ -34,9 +34,7 @@ struct AudioTokenizerOptions: ParsableArguments {
         guard let q = AudioQuantizer(rawValue: quantizer) else {
             throw MambaKitError(.usage, "--quantizer '\(quantizer)' is not one of \(AudioQuantizer.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard sampleRate >= 1000 && sampleRate <= 384_000 else {
-            throw MambaKitError(.usage, "--sample-rate must be between 1000 and 384000 (got \(sampleRate))")
-        }
+        try Settings.check("sample_rate", sampleRate, .flags)
         return AudioTokenizer(quantizer: q, sampleRate: sampleRate)
     }
 }

@@ -110,6 +110,8 @@ public enum Settings {
             .int("threads", "--threads", 1, 1024),
             .int("length", "--length", 1, maxTokens),
             .real("max_ambiguous", "--max-ambiguous", 0, 1),
+            // Audio: the model's sample rate (files are resampled to it).
+            .int("sample_rate", "--sample-rate", 1000, 384_000),
             // Datasets made by pipelines: record counts and split fractions.
             .int("count", "--counts", 0, 100_000_000),
             .real("fraction", "--fractions", 0, 1),

@@ -327,10 +327,11 @@ public struct AudioTokenizer: Sendable, Equatable {
         guard let rawRate = json["sample_rate"] else {
             throw MambaKitError(.config, "tokenizer setting 'sample_rate' is missing", at: location)
         }
-        guard let rate = AudioTokenizer.integer(rawRate), rate > 0 else {
+        guard let rate = AudioTokenizer.integer(rawRate) else {
             throw MambaKitError(.config, "tokenizer setting 'sample_rate' is \(rawRate) (expected a positive "
                 + "integer, samples per second)", at: location)
         }
+        try Settings.check("sample_rate", rate, .file(location, section: ""))
         self.init(quantizer: quantizer, sampleRate: rate)
         if let size = json["vocab_size"] {
             guard let n = AudioTokenizer.integer(size), n == vocabSize else {
