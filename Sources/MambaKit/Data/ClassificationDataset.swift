@@ -107,7 +107,9 @@ public struct ClassificationDataset: Sendable {
             throw MambaKitError(.format, "labels file is not UTF-8 text", at: tsv)
         }
         var labelOf: [String: String] = [:]
-        for (n, raw) in s.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // "\r\n" is one Character, so splitting on "\n" alone would leave a CRLF file as a single line.
+        let lines = s.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+        for (n, raw) in lines.enumerated() {
             let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
             if line.isEmpty || line.hasPrefix("#") { continue }
             let cols = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)

@@ -53,13 +53,15 @@ public enum AudioFile {
     public static func readMono(_ path: String, sampleRate: Int) throws -> [Float] {
         let file = try SoundFileReader(path: path)
         try checkOutputLength(file, sampleRate: sampleRate)
-        var mono = [Float](repeating: 0, count: file.info.frames)
-        try mono.withUnsafeMutableBufferPointer { out in
-            var done = 0
-            while done < out.count {
-                let n = min(readBlockFrames, out.count - done)
+        // Grown a block at a time as frames are decoded, not sized from the header: a 56-byte FLAC whose STREAMINFO
+        // announces 671 million frames must fail with "audio data ends early", not allocate 2.7 GB first.
+        var mono: [Float] = []
+        while mono.count < file.info.frames {
+            let done = mono.count
+            let n = min(readBlockFrames, file.info.frames - done)
+            mono.append(contentsOf: repeatElement(0, count: n))
+            try mono.withUnsafeMutableBufferPointer { out in
                 try file.readMono(UnsafeMutableBufferPointer(rebasing: out[done..<(done + n)]))
-                done += n
             }
         }
         file.close()
@@ -239,10 +241,8 @@ private final class SoundFileReader {
 
     init(path: String) throws {
         self.path = path
-        // Tell a missing or unreadable file (.io) from one libsndfile cannot parse (.format).
-        guard access(path, R_OK) == 0 else {
-            throw MambaKitError(.io, "cannot open audio file: \(String(cString: strerror(errno)))", at: path)
-        }
+        // Tell a missing, unreadable or non-regular file (.io) from one libsndfile cannot parse (.format).
+        try FileInput.checkFile(path)
         var sfinfo = SF_INFO()   // format = 0: libsndfile detects the container from the file's bytes.
         openLock.lock()
         let handle = sf_open(path, Int32(SFM_READ), &sfinfo)

@@ -491,7 +491,9 @@ public final class IndexedSequenceFile {
         let first = e.position(of: range.lowerBound, from: start)
         let end = e.position(of: range.upperBound - 1, from: start) + 1
         var out: [UInt8] = []
-        out.reserveCapacity(range.count)
+        // At most 1 MiB up front: a .fai entry can claim any LENGTH, and readSpan refuses one the file cannot hold
+        // only when it gets there ("the file has N bytes but the index refers to byte M").
+        out.reserveCapacity(min(range.count, 1 << 20))
         var column = range.lowerBound % e.lineBases  // position inside the current line, terminator included
         var offset = first
         try readSpan(from: first, to: end) { chunk in

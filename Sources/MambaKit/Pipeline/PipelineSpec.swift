@@ -147,10 +147,17 @@ public struct PipelineSpec {
         guard let text = String(bytes: bytes, encoding: .utf8) else {
             throw MambaKitError(.format, "not UTF-8 text", at: path)
         }
-        let root: Any?
-        do { root = try Yams.load(yaml: text) } catch {
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
             throw MambaKitError(.format, "not valid YAML: \(error)", at: path)
         }
+        // Aliases are copies of their anchors: 300 bytes of nested aliases make 10^8 nodes ("billion laughs").
+        var budget = maxYAMLNodes
+        if let node, !countNodes(node, within: &budget) {
+            throw MambaKitError(.format, "the YAML expands to more than \(maxYAMLNodes) nodes once its aliases are "
+                + "replaced by their anchors", at: path)
+        }
+        let root = node?.any  // what Yams.load returns
         guard let o = root as? [String: Any] else { throw MambaKitError(.format, "expected a mapping at the top level", at: path) }
         return try PipelineSpec(yaml: o, path: path)
     }
@@ -249,6 +256,27 @@ public struct PipelineSpec {
             generate = s
         }
     }
+}
+
+/// Most YAML nodes a pipeline file may expand to; each committed pipeline has fewer than 100.
+private let maxYAMLNodes = 100_000
+
+/// Counts `node` and everything under it against `budget` (an alias counts in full each time it is used); false as
+/// soon as the budget is spent, so the count costs at most `budget` steps whatever the expanded size.
+private func countNodes(_ node: Node, within budget: inout Int) -> Bool {
+    budget -= 1
+    guard budget >= 0 else { return false }
+    switch node {
+    case .mapping(let mapping):
+        for (key, value) in mapping {
+            guard countNodes(key, within: &budget), countNodes(value, within: &budget) else { return false }
+        }
+    case .sequence(let sequence):
+        for element in sequence where !countNodes(element, within: &budget) { return false }
+    case .scalar, .alias:
+        break
+    }
+    return true
 }
 
 /// Typed access to a YAML mapping with errors that name the file and key.
