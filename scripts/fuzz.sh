@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
 # Fuzzes MambaKit's input parsers with libFuzzer and AddressSanitizer (the package in fuzz/; RELIABILITY.md).
 #
-#   bash scripts/fuzz.sh [--seconds N] [--no-build] [TARGET...]
+#   bash scripts/fuzz.sh [--seconds N] [--seed S] [--no-build] [TARGET...]
 #
 # Builds fuzz/ (release, -sanitize=fuzzer,address for every Swift module and the C of Yams), writes the seed corpora
 # (fixed inputs made by the harness, plus small copies of Tests/MambaKitTests/Fixtures, samples/ and pipelines/),
 # then runs every target (or those named) for N seconds each (default 60), one after another at nice 19. Per target
 # it prints the executions, exec/s, corpus size, peak memory and what was found; findings stay in
 # fuzz/artifacts/TARGET/ and the log in fuzz/logs/TARGET.log. The corpus in fuzz/corpus/TARGET/ grows from run to
-# run. Exits 1 if any target found a crash, a timeout, a leak or an out-of-memory input; 2 on a harness failure.
+# run. --seed S is libFuzzer's seed (default 0: a random one); CI passes 1, so its smoke run repeats. Exits 1 if any
+# target found a crash, a timeout, a leak or an out-of-memory input; 2 on a harness failure.
 #
 # Installs nothing but what scripts/install-deps.sh installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=60
+seed=0
 build=1
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
     --seconds=*) seconds="${1#*=}"; shift ;;
+    --seed) seed="$2"; shift 2 ;;
+    --seed=*) seed="${1#*=}"; shift ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -79,7 +83,10 @@ for t in "${targets[@]}"; do
   before=$(ls "$fuzz/artifacts/$t" | wc -l)
   start=$(date +%s)
   set +e
-  MAMBAKIT_FUZZ_WORKDIR=$work MAMBAKIT_FUZZ_TARGET=$t MAMBAKIT_FUZZ_OUTCOMES=1 nice -n 19 "$bin" \
+  # SWIFT_BACKTRACE off: a Swift trap then aborts at once and libFuzzer reports it (the runtime's backtracer reads
+  # freed memory while it works, which AddressSanitizer reported instead of the trap).
+  SWIFT_BACKTRACE=enable=no MAMBAKIT_FUZZ_WORKDIR=$work MAMBAKIT_FUZZ_TARGET=$t MAMBAKIT_FUZZ_OUTCOMES=1 \
+    nice -n 19 "$bin" -seed="$seed" \
     -max_len="${maxlen[$t]}" -rss_limit_mb=2048 -timeout=10 -max_total_time="$seconds" -print_final_stats=1 \
     -artifact_prefix="$fuzz/artifacts/$t/" "$fuzz/corpus/$t" "$seeds/$t" > "$log" 2>&1
   rc=$?
@@ -96,7 +103,7 @@ for t in "${targets[@]}"; do
   elif grep -q '^MambaKitFuzz: ' "$log"; then
     echo "fuzz.sh: the harness failed on $t:" >&2; grep '^MambaKitFuzz: ' "$log" >&2; exit 2
   else
-    kind=$(grep -o -m1 -E 'ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer): [a-z-]+|Fatal error|ALARM|out-of-memory' "$log" || true)
+    kind=$(grep -o -m1 -E 'Swift runtime failure: [^/]*|Fatal error: [^/]*|ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer): [a-z-]+|ALARM|out-of-memory' "$log" || true)
     result="FOUND (${kind:-exit $rc}): $(ls -t "$fuzz/artifacts/$t" | head -1 | sed "s|^|$fuzz/artifacts/$t/|")"
     found+=("$t")
   fi

@@ -109,6 +109,17 @@ import Testing
         #expect(error?.message.contains("expands to more than") == true, "\(String(describing: error))")
     }
 
+    /// pipeline/mapping-key.yaml, sequence-key.yaml: a complex mapping key (`? layers: 2`, `? [a, b]`) trapped in Yams'
+    /// conversion, which force-unwraps every key as a string; refused before the conversion, naming the line.
+    @Test func pipelineComplexKeysAreRefused() throws {
+        for name in ["mapping-key.yaml", "sequence-key.yaml"] {
+            let path = Self.root + "/pipeline/" + name
+            let error = #expect(throws: MambaKitError.self) { _ = try PipelineSpec.load(path: path) }
+            #expect(error?.message.contains("a mapping key must be a plain scalar") == true, "\(String(describing: error))")
+            #expect(error?.location == path + ", line 2", "\(String(describing: error))")
+        }
+    }
+
     /// labels/crlf.tsv (from the fuzz seeds, not a crash): a label TSV with CRLF lines read as one line, because
     /// "\r\n" is a single Character; it must give the same dataset as its LF twin.
     @Test func crlfLabelsReadLikeLF() throws {

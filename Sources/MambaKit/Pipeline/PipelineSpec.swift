@@ -153,7 +153,7 @@ public struct PipelineSpec {
         }
         // Aliases are copies of their anchors: 300 bytes of nested aliases make 10^8 nodes ("billion laughs").
         var budget = maxYAMLNodes
-        if let node, !countNodes(node, within: &budget) {
+        if let node, !(try countNodes(node, within: &budget, path: path)) {
             throw MambaKitError(.format, "the YAML expands to more than \(maxYAMLNodes) nodes once its aliases are "
                 + "replaced by their anchors", at: path)
         }
@@ -263,20 +263,36 @@ private let maxYAMLNodes = 100_000
 
 /// Counts `node` and everything under it against `budget` (an alias counts in full each time it is used); false as
 /// soon as the budget is spent, so the count costs at most `budget` steps whatever the expanded size.
-private func countNodes(_ node: Node, within budget: inout Int) -> Bool {
+/// Walks the composed YAML before Yams converts it to Swift values: false once more than `budget` nodes are seen.
+/// Throws for a mapping key that is not a plain scalar: Yams' conversion force-unwraps every key as a string, so a
+/// sequence, mapping or alias key (`? [a, b] : 1`) trapped (found by the pipeline fuzzer).
+private func countNodes(_ node: Node, within budget: inout Int, path: String) throws -> Bool {
     budget -= 1
     guard budget >= 0 else { return false }
     switch node {
     case .mapping(let mapping):
         for (key, value) in mapping {
-            guard countNodes(key, within: &budget), countNodes(value, within: &budget) else { return false }
+            guard case .scalar = key else {
+                throw MambaKitError(.format, "a mapping key must be a plain scalar, not a \(kindName(key))",
+                                    at: key.mark.map { "\(path), line \($0.line)" } ?? path)
+            }
+            guard try countNodes(value, within: &budget, path: path) else { return false }
         }
     case .sequence(let sequence):
-        for element in sequence where !countNodes(element, within: &budget) { return false }
+        for element in sequence where !(try countNodes(element, within: &budget, path: path)) { return false }
     case .scalar, .alias:
         break
     }
     return true
+}
+
+private func kindName(_ node: Node) -> String {
+    switch node {
+    case .scalar: return "scalar"
+    case .mapping: return "mapping"
+    case .sequence: return "sequence"
+    case .alias: return "alias"
+    }
 }
 
 /// Typed access to a YAML mapping with errors that name the file and key.
