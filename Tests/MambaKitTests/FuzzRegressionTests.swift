@@ -120,6 +120,15 @@ import Testing
         }
     }
 
+    /// pipeline/null-fragments.yaml: `data: { fragments: }` (a source key with no value) passed the one-source check,
+    /// then a force unwrap of the missing `directories` trapped.
+    @Test func pipelineNullDataSourceIsRefused() throws {
+        let path = Self.root + "/pipeline/null-fragments.yaml"
+        let error = #expect(throws: MambaKitError.self) { _ = try PipelineSpec.load(path: path) }
+        #expect(error?.message.contains("exactly one of fragments, shuffled_control, directories") == true,
+                "\(String(describing: error))")
+    }
+
     /// labels/crlf.tsv (from the fuzz seeds, not a crash): a label TSV with CRLF lines read as one line, because
     /// "\r\n" is a single Character; it must give the same dataset as its LF twin.
     @Test func crlfLabelsReadLikeLF() throws {

@@ -77,7 +77,8 @@ public struct ClassifySpec {
             }
             return a as? [String]
         }
-        let sources = [d["fragments"], d["shuffled_control"], d["directories"]].compactMap { $0 }
+        // A key given with no value (`fragments:`) is YAML null: not a source.
+        let sources = [d["fragments"], d["shuffled_control"], d["directories"]].compactMap { $0 }.filter { !($0 is NSNull) }
         guard sources.count == 1 else {
             throw MambaKitError(.config, "data needs exactly one of fragments, shuffled_control, directories", at: path)
         }
@@ -113,7 +114,9 @@ public struct ClassifySpec {
                                     positiveClass: try r.string(c, "positive_class") ?? "positive",
                                     negativeClass: try r.string(c, "negative_class") ?? "shuffled")
         } else {
-            let m = try r.map(d, "directories")!
+            guard let m = try r.map(d, "directories") else {
+                throw MambaKitError(.config, "data needs exactly one of fragments, shuffled_control, directories", at: path)
+            }
             try r.allow(m, ["train", "val", "test"], in: "data.directories")
             guard let t = try r.string(m, "train") else { throw MambaKitError(.config, "data.directories needs train", at: path) }
             data = .directories(train: t, val: try r.string(m, "val"), test: try r.string(m, "test"))

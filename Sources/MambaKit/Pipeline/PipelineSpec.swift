@@ -197,7 +197,7 @@ public struct PipelineSpec {
                 guard let many = d["train"] as? [Any], many.allSatisfy({ $0 is String }) else {
                     throw MambaKitError(.config, "data.train must be a path or a list of paths", at: path)
                 }
-                trainData = many as! [String]
+                trainData = many.compactMap { $0 as? String }
             }
             evalData = try r.string(d, "eval")
             valFraction = try Settings.check("val_fraction", try r.double(d, "val_fraction"), .file(path, section: "data"))
