@@ -245,6 +245,23 @@ import Testing
         try Self.expectRefused(["classify", "train", "--train", tmp.file("text"), "--out", tmp.file("t")], naming: ["--format"])
     }
 
+    /// An empty folder named after a class the model does not know, in the data given to `classify eval`, trapped
+    /// (a force unwrap of the folder's first file while naming it in the error).
+    @Test func unknownEmptyClassFolderIsAnError() throws {
+        let tmp = TempDir()
+        let train = tmp.file("train")
+        try FileManager.default.createDirectory(atPath: train, withIntermediateDirectories: true)
+        try ">a1\nACGTACGTACGTAAAC\n>a2\nACGTTCGTACGTAAAC\n".write(toFile: train + "/a.fa", atomically: true, encoding: .utf8)
+        try ">b1\nGGGCCCGGGCCCTTTA\n>b2\nGGGCCCGGGACCTTTA\n".write(toFile: train + "/b.fa", atomically: true, encoding: .utf8)
+        let model = tmp.file("m")
+        let r = try CLI.run(["classify", "train", "--train", train, "--out", model, "--steps", "2"] + Self.tinyRun)
+        try #require(r.status == 0, "\(r.stderr)")
+        let eval = tmp.file("eval")
+        try FileManager.default.createDirectory(atPath: eval + "/zzz", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: train + "/a.fa", toPath: eval + "/a.fa")
+        try Self.expectRefused(["classify", "eval", "--model", model, "--data", eval], naming: ["zzz"])
+    }
+
     // MARK: Memory that must not grow with the input
 
     /// A 3 MB prompt (its logits alone were 3 GB) and an evaluation chunk of 16 M tokens run under a 1.5 GB

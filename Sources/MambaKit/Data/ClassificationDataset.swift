@@ -75,7 +75,7 @@ public struct ClassificationDataset: Sendable {
         if let known {
             for c in found where !known.contains(c) {
                 throw MambaKitError(.usage, "class '\(c)' is not one the model knows (\(known.joined(separator: ", ")))",
-                                    at: byClass[c]!.first!)
+                                    at: byClass[c]?.first ?? dir + "/" + c)
             }
             classes = known
         } else {
