@@ -91,6 +91,16 @@ import Testing
         #expect(error?.message.contains("audio data ends early") == true, "\(String(describing: error))")
     }
 
+    /// audio/wav-1hz.wav: a valid 1044-byte WAV at 1 Hz. Resampled to 16 kHz it made 16 million samples and took
+    /// libsoxr 15 s (a 5 KB one passed the fuzzers' 30 s limit); file rates below `AudioFile.minSampleRate` are refused.
+    @Test func audioSampleRateBelowTheMinimumIsRefused() throws {
+        let path = Self.root + "/audio/wav-1hz.wav"
+        let error = #expect(throws: MambaKitError.self) { _ = try AudioFile.readMono(path, sampleRate: 16000) }
+        #expect(error?.kind == .format)
+        #expect(error?.message.contains("sample rate of 1 Hz") == true, "\(String(describing: error))")
+        #expect(error?.location == path)
+    }
+
     /// fai/length-1e11.fai: an entry claiming 10^11 bases; fetch reserved that much before finding that the file is
     /// shorter.
     @Test func faiLengthBeyondTheFileIsAnErrorNotAnAllocation() throws {

@@ -39,6 +39,9 @@ public enum AudioFile {
     public static let maxFrames = 1 << 31
     /// libsndfile's own limit on channels (`SF_MAX_CHANNELS`).
     public static let maxChannels = 1024
+    /// The lowest sample rate a file may have, as for a model's rate: resampling a 5 KB WAV at 1 Hz to 16 kHz makes
+    /// 80 million samples and takes libsoxr minutes.
+    public static let minSampleRate = 1000
 
     public enum Encoding: String, Sendable {
         /// 16-bit signed integer PCM.
@@ -259,8 +262,8 @@ private final class SoundFileReader {
         var problem: String? = nil
         if channels <= 0 || channels > AudioFile.maxChannels {
             problem = "header announces \(channels) channels (expected 1...\(AudioFile.maxChannels))"
-        } else if rate <= 0 {
-            problem = "header announces a sample rate of \(rate) Hz"
+        } else if rate < AudioFile.minSampleRate {
+            problem = "header announces a sample rate of \(rate) Hz (at least \(AudioFile.minSampleRate) expected)"
         } else if frames < 0 || frames > Int64(AudioFile.maxFrames) {
             problem = "header announces \(frames) frames (at most \(AudioFile.maxFrames) are read)"
         } else if Int(frames).multipliedReportingOverflow(by: channels).overflow {

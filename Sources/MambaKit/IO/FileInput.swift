@@ -37,8 +37,10 @@ public enum FileInput {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw MambaKitError(.io, "cannot open: \(String(cString: strerror(errno)))", at: path) }
         defer { close(fd) }
+        // One read of the stat size plus a byte (to see growth) for small files; 1 MiB blocks beyond that.
         var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        out.reserveCapacity(min(size, 1 << 20))
+        var chunk = [UInt8](repeating: 0, count: min(size + 1, 1 << 20))
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
