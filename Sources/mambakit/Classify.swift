@@ -5,11 +5,12 @@ import MambaKit
 /// Tokenizer options for DNA input, shared by `train --format fasta` and `classify train`.
 struct DNATokenizerOptions: ParsableArguments {
     @Option(help: "Token vocabulary: bytes (default, tokenizer-free; soft-masking survives) or nucleotide (A C G T N, both cases, and specials).")
-    var vocabulary: String = "bytes"
-    @Option(name: .customLong("case"), help: "Case policy: keep (default) or upper.") var casePolicy: String = "keep"
-    @Option(help: "IUPAC ambiguity codes (RYSWKMBDHV): keep (default), toN or reject.") var iupac: String = "keep"
+    var vocabulary: String?
+    @Option(name: .customLong("case"), help: "Case policy: keep (default) or upper.") var casePolicy: String?
+    @Option(help: "IUPAC ambiguity codes (RYSWKMBDHV): keep (default), toN or reject.") var iupac: String?
 
     func tokenizer() throws -> DNATokenizer {
+        let vocabulary = self.vocabulary ?? "bytes", casePolicy = self.casePolicy ?? "keep", iupac = self.iupac ?? "keep"
         guard let v = DNAVocabulary(rawValue: vocabulary) else {
             throw MambaKitError(.usage, "--vocabulary '\(vocabulary)' is not one of \(DNAVocabulary.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -21,21 +22,54 @@ struct DNATokenizerOptions: ParsableArguments {
         }
         return DNATokenizer(vocabulary: v, casePolicy: c, iupacPolicy: i)
     }
+
+    /// The flags given that differ from `saved` (a resumed run keeps its tokenizer).
+    func changed(from saved: DNATokenizer) throws -> [String] {
+        let t = try tokenizer()
+        var out: [String] = []
+        if vocabulary != nil && t.vocabulary != saved.vocabulary { out.append("--vocabulary \(saved.vocabulary.rawValue)") }
+        if casePolicy != nil && t.casePolicy != saved.casePolicy { out.append("--case \(saved.casePolicy.rawValue)") }
+        if iupac != nil && t.iupacPolicy != saved.iupacPolicy { out.append("--iupac \(saved.iupacPolicy.rawValue)") }
+        return out
+    }
 }
 
 /// Tokenizer options for audio, shared by `train --format audio` and `classify train --format audio`.
 struct AudioTokenizerOptions: ParsableArguments {
     @Option(name: .customLong("sample-rate"), help: "Audio: the model's sample rate; files are resampled to it (default 16000).")
-    var sampleRate: Int = 16000
+    var sampleRate: Int?
     @Option(help: "Audio: 8-bit quantiser, mulaw (default), sashimi (per-clip min-max, then mu-law) or linear.")
-    var quantizer: String = "mulaw"
+    var quantizer: String?
 
     func tokenizer() throws -> AudioTokenizer {
+        let quantizer = self.quantizer ?? "mulaw", sampleRate = self.sampleRate ?? 16000
         guard let q = AudioQuantizer(rawValue: quantizer) else {
             throw MambaKitError(.usage, "--quantizer '\(quantizer)' is not one of \(AudioQuantizer.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         try Settings.check("sample_rate", sampleRate, .flags)
         return AudioTokenizer(quantizer: q, sampleRate: sampleRate)
+    }
+
+    func changed(from saved: AudioTokenizer) throws -> [String] {
+        let t = try tokenizer()
+        var out: [String] = []
+        if sampleRate != nil && t.sampleRate != saved.sampleRate { out.append("--sample-rate \(saved.sampleRate)") }
+        if quantizer != nil && t.quantizer != saved.quantizer { out.append("--quantizer \(saved.quantizer.rawValue)") }
+        return out
+    }
+}
+
+/// `--resume` keeps the run's tokenizer: tokenizer flags that say otherwise are an error, not ignored.
+func refuseChangedTokenizer(out: String, dna: DNATokenizerOptions, audio: AudioTokenizerOptions) throws {
+    guard let saved = try Trainer.savedRun(outDir: out) else { return }  // the task names the missing checkpoint
+    var changed: [String] = []
+    switch try ModelTokenizer(config: saved.config, at: out + "/config.json") {
+    case let .dna(t): changed = try dna.changed(from: t)
+    case let .audio(t): changed = try audio.changed(from: t)
+    case .bytes: changed = try dna.changed(from: DNATokenizer())
+    }
+    if !changed.isEmpty {
+        throw MambaKitError(.usage, "the run was trained with \(changed.joined(separator: " ")); a resumed run keeps its tokenizer (drop the flag or give that value)", at: out)
     }
 }
 
@@ -61,7 +95,9 @@ struct ClassifyTrain: ParsableCommand {
     @Option(help: "Strand strategy at inference: none (default) or rc-average.") var strand: String = "none"
     @Flag(inversion: .prefixedNo, help: "Reverse-complement augmentation in training (default on).") var rcAugment = true
     @Option(name: .customLong("class-weights"), help: "Loss weights: none (default), balanced, or one number per class in class order.") var classWeights: String = "none"
-    @Option(help: "Stop after this many validations without a lower validation loss (default 0: never).") var patience: Int?
+    @Option(help: "Passes over the training sequences (default: sized to the data, up to \(ClassificationTask.Budget.defaultEpochs) epochs and \(ClassificationTask.Budget.maxAutomaticSteps) steps, a validation every epoch, early stopping); instead of --steps.")
+    var epochs: Int?
+    @Option(help: "Stop after this many validations without a lower validation loss (default \(ClassificationTask.Budget.defaultPatience) when the budget is in epochs, 0 (never) with --steps).") var patience: Int?
     @Flag(help: "Continue the run in --out from its latest checkpoint.") var resume = false
     @OptionGroup var shape: ShapeAndScheduleOptions
     @OptionGroup var dna: DNATokenizerOptions
@@ -73,6 +109,10 @@ struct ClassifyTrain: ParsableCommand {
             try common.apply()
             try shape.checkRanges()
             try Settings.check("patience", patience, .flags)
+            try Settings.check("epochs", epochs, .flags)
+            if epochs != nil && shape.steps != nil {
+                throw MambaKitError(.usage, "--steps and --epochs are two ways to give one budget: give one of them")
+            }
             var file = PipelineSpec(name: "classify")
             if let cfg = shape.config { file = try PipelineSpec.load(path: cfg) }
             var s = ClassificationTask.Settings(train: train, out: out)
@@ -87,8 +127,10 @@ struct ClassifyTrain: ParsableCommand {
             s.rcAugment = rcAugment
             s.classWeights = classWeights
             var format = self.format
+            var firstFile: String? = nil
             if format == nil {
                 let (kind, file) = try DataKind.recognise(train)
+                firstFile = file
                 guard let kind else {
                     throw MambaKitError(.usage, "cannot tell whether the data is FASTA/FASTQ or audio from its first file; pass --format fasta or --format audio", at: file)
                 }
@@ -97,13 +139,28 @@ struct ClassifyTrain: ParsableCommand {
             }
             switch format ?? "" {
             case "fasta": s.tokenizer = .dna(try dna.tokenizer())
-            case "audio": s.tokenizer = .audio(try audio.tokenizer())
+            case "audio":
+                var t = try audio.tokenizer()
+                // A new model from scratch takes the rate of the data (at most the usual 16 kHz): resampling 8 kHz
+                // speech to 16 kHz doubles every sequence and adds nothing.
+                if audio.sampleRate == nil && !resume && `init` == nil {
+                    let file = try firstFile ?? DataKind.recognise(train).file
+                    let rate = try AudioFile.info(file).sampleRate
+                    t.sampleRate = min(t.sampleRate, max(AudioFile.minSampleRate, rate))
+                    printErr("audio: \(t.sampleRate) Hz (the first file, \(file), is at \(rate) Hz; --sample-rate overrides)")
+                }
+                s.tokenizer = .audio(t)
             default: throw MambaKitError(.usage, "--format '\(format ?? "")' is not one of fasta, audio")
             }
             s.valFraction = shape.valFraction ?? 0.1
             s.resume = resume
+            if resume { try refuseChangedTokenizer(out: out, dna: dna, audio: audio) }
             var trainSpec = shape.trainSpec.merged(over: file.train)
             if let patience { trainSpec.patience = patience }
+            if let epochs {
+                trainSpec.epochs = epochs
+                if shape.steps == nil { trainSpec.steps = nil }
+            }
             let progress = ProgressRenderer()
             installInterruptHandler()
             let (trainer, _) = try ClassificationTask.train(
@@ -157,11 +214,13 @@ struct ClassifyEval: ParsableCommand {
 }
 
 struct ClassifyPredict: ParsableCommand {
+    /// Output held back before rows stream (see `run`).
+    static let holdBytes = 8 << 20
     static let configuration = CommandConfiguration(
         commandName: "predict", abstract: "Predict labels: TSV on stdout with id, label and one p_<class> column per class.")
 
     @Option(help: "Classifier directory.") var model: String
-    @Option(help: "FASTA/FASTQ file (optionally gzipped); for an audio model an audio file or a folder of them.") var input: String
+    @Option(help: "FASTA/FASTQ file (optionally gzipped; - reads standard input); for an audio model an audio file or a folder of them.") var input: String
     @Option(help: "Override the model's strand strategy: none or rc-average.") var strand: String?
     @Option(help: "Tokens per forward chunk.") var chunk: Int = 2048
     @Option(name: .customLong("batch-size"), help: "Records classified together.") var batchSize: Int = 16
@@ -177,12 +236,26 @@ struct ClassifyPredict: ParsableCommand {
                 guard let st = StrandStrategy(rawValue: strand) else { throw MambaKitError(.usage, "--strand '\(strand)' is not one of none, rc-average") }
                 loaded.strand = st
             }
-            // Rows are buffered and written at the end, so a failure part-way leaves no output that looks whole.
-            var out = "id\tlabel\t" + loaded.classes.map { "p_" + $0 }.joined(separator: "\t") + "\n"
-            _ = try ClassificationTask.predict(loaded, input: input, batch: batchSize, chunk: chunk) { id, label, p in
-                out += id + "\t" + label + "\t" + p.map { String(format: "%.6g", $0) }.joined(separator: "\t") + "\n"
+            // Rows are held back until the end or until `ClassifyPredict.holdBytes` have accumulated, so an input that
+            // fails early leaves nothing on stdout, while memory stays bounded for any number of records. Past that
+            // point rows stream; a later failure says how many rows were written before it (and the exit is non-zero).
+            var out = Array(("id\tlabel\t" + loaded.classes.map { "p_" + $0 }.joined(separator: "\t") + "\n").utf8)
+            var streaming = false
+            var written = 0
+            do {
+                _ = try ClassificationTask.predict(loaded, input: input, batch: batchSize, chunk: chunk) { id, label, p in
+                    out += Array((id + "\t" + label + "\t" + p.map { String(format: "%.6g", $0) }.joined(separator: "\t") + "\n").utf8)
+                    written += 1
+                    if out.count >= Self.holdBytes {
+                        try writeStdout(out)
+                        out.removeAll(keepingCapacity: true)
+                        streaming = true
+                    }
+                }
+            } catch let e as MambaKitError where streaming {
+                throw MambaKitError(e.kind, e.message + " (stdout holds the first \(written) rows only)", at: e.location)
             }
-            try writeStdout(Array(out.utf8))
+            try writeStdout(out)
         }
     }
 }
@@ -230,7 +303,7 @@ struct ClassifyExplain: ParsableCommand {
         abstract: "What a classifier reads along one sequence: TSV of position, base, each layer's mean selective Δ and (mean pooling) each position's share of every class logit.")
 
     @Option(help: "Classifier directory.") var model: String
-    @Option(help: "FASTA/FASTQ file (optionally gzipped).") var input: String
+    @Option(help: "FASTA/FASTQ file (optionally gzipped; - reads standard input).") var input: String
     @Option(help: "The record to explain (default: the first).") var record: String?
     @Flag(name: .customLong("reverse-complement"), help: "Reverse-complement the record first.") var reverseComplement = false
     @Option(help: "Tokens per forward chunk.") var chunk: Int = 2048

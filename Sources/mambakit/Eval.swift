@@ -40,7 +40,7 @@ struct Generate: ParsableCommand {
 
     @Option(help: "Model directory.") var model: String
     @Option(help: "Prompt text (its UTF-8 bytes); default a newline.") var prompt: String?
-    @Option(name: .customLong("prompt-file"), help: "Prompt read from a file, byte for byte.") var promptFile: String?
+    @Option(name: .customLong("prompt-file"), help: "Prompt read from a file (- for standard input), byte for byte.") var promptFile: String?
     @Option(name: .customLong("max-new-tokens"), help: "Tokens to generate.") var maxNewTokens: Int = 256
     @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Double = 1
     @Option(name: .customLong("top-k"), help: "Keep the K most likely tokens (0: all).") var topK: Int = 0

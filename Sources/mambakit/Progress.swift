@@ -34,6 +34,14 @@ final class ProgressRenderer {
             line(s)
         case let .earlyStop(step, bestStep, bestLoss):
             line(String(format: "step %d  early stop: no better validation loss since step %d (%.4f)", step, bestStep, bestLoss))
+        case let .estimate(step, perStep, remaining, validations):
+            var s = String(format: "step %d  time: %@ per step; about %@ left for the remaining steps", step,
+                           perStep < 1 ? String(format: "%.3f s", perStep) : String(format: "%.2f s", perStep),
+                           formatDuration(remaining))
+            if validations > 0 { s += " and \(validations) validation\(validations == 1 ? "" : "s")" }
+            line(s)
+        case let .note(text):
+            line(text)
         case let .checkpoint(step, path):
             line("step \(step)  checkpoint \(path)")
         }

@@ -81,6 +81,7 @@ struct Train: ParsableCommand {
             guard !data.isEmpty else { throw MambaKitError(.usage, "no --data given (and no data.train in --config)") }
             let model = try shape.modelSpec().merged(over: file.model)
             let trainSpec = shape.trainSpec.merged(over: file.train)
+            if resume { try refuseChangedTokenizer(out: out, dna: dna, audio: audio) }
             let progress = ProgressRenderer()
             installInterruptHandler()
             let trainer = try LanguageModelTask.train(

@@ -149,3 +149,104 @@ import Testing
         #expect(maxAbsDiff(pre, tuned) < 0.05, "fine-tuned embedding moved \(maxAbsDiff(pre, tuned)) from the pretrained one")
     }
 }
+
+/// The training budget of `classify train` when it is not given in steps (`ClassificationTask.Budget`).
+@Suite struct ClassificationBudgetTests {
+    @Test func automaticBudgetIsEpochsOfTheData() {
+        // 1,080 sequences in batches of 8: 135 steps an epoch.
+        let b = ClassificationTask.Budget(trainSequences: 1080, batchSize: 8, train: PipelineSpec.TrainSpec())
+        #expect(b.automatic && b.epochs == ClassificationTask.Budget.defaultEpochs)
+        #expect(b.stepsPerEpoch == 135)
+        #expect(b.steps == 135 * ClassificationTask.Budget.defaultEpochs)
+        #expect(b.evalEvery == 135 && b.patience == ClassificationTask.Budget.defaultPatience)
+        #expect(b.warmup == 100)
+        #expect(b.checkpointEvery == 405, "a checkpoint at a validation about every 500 steps")
+        // An epoch that does not divide evenly rounds up; a tiny set gets a short warmup, not a run of warmup.
+        let tiny = ClassificationTask.Budget(trainSequences: 9, batchSize: 8, train: PipelineSpec.TrainSpec())
+        #expect(tiny.stepsPerEpoch == 2 && tiny.steps == 40 && tiny.warmup == 4 && tiny.evalEvery == 2)
+        // A large set is capped, and validates at least every maxEvalInterval steps.
+        let big = ClassificationTask.Budget(trainSequences: 1_000_000, batchSize: 8, train: PipelineSpec.TrainSpec())
+        #expect(big.steps == ClassificationTask.Budget.maxAutomaticSteps)
+        #expect(big.evalEvery == ClassificationTask.Budget.maxEvalInterval)
+        #expect(big.summary.contains("capped at 10000 steps (0.1 epochs)"), "\(big.summary)")
+        // Long sequences are capped by tokens: 1,080 clips of 4,000 samples make 4.32M tokens an epoch, so 2^24
+        // tokens are 3.88 epochs, 524 steps.
+        let audio = ClassificationTask.Budget(trainSequences: 1080, trainTokens: 1080 * 4000, batchSize: 8,
+                                              train: PipelineSpec.TrainSpec())
+        #expect(audio.steps == 524, "\(audio.steps)")
+        #expect(audio.summary.contains("capped at 524 steps (3.9 epochs)"), "\(audio.summary)")
+        // The token cap never cuts below one epoch.
+        let long = ClassificationTask.Budget(trainSequences: 80, trainTokens: 1 << 26, batchSize: 8,
+                                             train: PipelineSpec.TrainSpec())
+        #expect(long.steps == long.stepsPerEpoch)
+        // Short DNA fragments are not capped: 540k tokens an epoch, 20 epochs.
+        let dna = ClassificationTask.Budget(trainSequences: 1080, trainTokens: 540_000, batchSize: 8,
+                                            train: PipelineSpec.TrainSpec())
+        #expect(dna.steps == 2700)
+    }
+
+    @Test func explicitValuesAreKept() {
+        var t = PipelineSpec.TrainSpec()
+        t.epochs = 3
+        t.evalEvery = 50
+        t.patience = 0
+        let e = ClassificationTask.Budget(trainSequences: 1080, batchSize: 8, train: t)
+        #expect(!e.automatic && e.epochs == 3 && e.steps == 405 && e.evalEvery == 50 && e.patience == 0)
+        // Epochs asked for are not capped by the automatic limit.
+        t = PipelineSpec.TrainSpec()
+        t.epochs = 2
+        let big = ClassificationTask.Budget(trainSequences: 1_000_000, batchSize: 8, train: t)
+        #expect(big.steps == 250_000)
+        // Steps keep the trainer's defaults (no early stopping unless asked).
+        t = PipelineSpec.TrainSpec()
+        t.steps = 300
+        let s = ClassificationTask.Budget(trainSequences: 1080, batchSize: 8, train: t)
+        let d = Trainer.Options()
+        #expect(s.epochs == nil && s.steps == 300 && s.patience == 0 && s.evalEvery == d.evalEvery && s.warmup == d.warmup)
+    }
+
+    @Test func stepsAndEpochsAreOneBudget() throws {
+        var flags = PipelineSpec.TrainSpec()
+        flags.epochs = 4
+        var file = PipelineSpec.TrainSpec()
+        file.steps = 300
+        // A value given over another source replaces the other form of the budget.
+        let m = flags.merged(over: file)
+        #expect(m.epochs == 4 && m.steps == nil)
+        let back = file.merged(over: flags)
+        #expect(back.steps == 300 && back.epochs == nil)
+        // Both in one source is an error naming both.
+        var both = PipelineSpec.TrainSpec()
+        both.steps = 10
+        both.epochs = 2
+        let e = #expect(throws: MambaKitError.self) { try both.validate(.file("p.yaml", section: "train")) }
+        #expect(e?.message.contains("train.steps and train.epochs") == true, "\(String(describing: e))")
+        #expect(e?.location == "p.yaml")
+    }
+
+    /// A first run with no schedule flags says what it will do and how long it will take, then stops on its own.
+    @Test(.serialized) func firstRunSaysItsBudgetAndTime() throws {
+        let tmp = TempDir()
+        try FileManager.default.createDirectory(atPath: tmp.file("d"), withIntermediateDirectories: true)
+        var rng = RNG(seed: 5)
+        for (name, alphabet) in [("at", Array("AT".utf8)), ("gc", Array("GC".utf8))] {
+            var s = ""
+            for i in 0..<20 { s += ">\(name)\(i)\n" + String(decoding: (0..<40).map { _ in alphabet[rng.int(below: 2)] }, as: UTF8.self) + "\n" }
+            try s.write(toFile: tmp.file("d/\(name).fa"), atomically: true, encoding: .utf8)
+        }
+        let r = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o"),
+                             "--d-model", "16", "--layers", "1", "--d-state", "4", "--threads", "2"])
+        #expect(r.status == 0, "\(r.stderr)")
+        // 36 training sequences (a stratified tenth held out) in batches of 8: 5 steps an epoch.
+        #expect(r.stderr.contains("budget: up to 20 epochs of 5 steps = 100 steps, validation every epoch, early stop after 3"), "\(r.stderr)")
+        #expect(r.stderr.contains("step 4  time: "), "\(r.stderr)")
+        #expect(r.stdout.isEmpty)
+        let metrics = try String(contentsOfFile: tmp.file("o/metrics.jsonl"), encoding: .utf8)
+        let validations = metrics.split(separator: "\n").filter { $0.contains("val_loss") }.count
+        let stopped = metrics.contains("\"early_stop\"")
+        #expect(stopped || validations == 20, "every epoch validated until the end or an early stop")
+        let c = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o2"), "--steps", "5", "--epochs", "2"])
+        #expect(c.status != 0 && c.stderr.contains("--steps and --epochs"), "\(c.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("o2/model.safetensors")))
+    }
+}

@@ -18,11 +18,13 @@ import Testing
         let seconds: Double
     }
 
-    static func run(_ args: [String], seconds: Double = 60, stdin: String? = nil) throws -> Outcome {
+    /// Runs the binary with `args` (or, `viaShell`, `/bin/sh` with `args` as its arguments: `-c SCRIPT …`).
+    static func run(_ args: [String], seconds: Double = 60, stdin: String? = nil, viaShell: Bool = false) throws -> Outcome {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         // `exec` so that the signal, if any, is the binary's own.
-        p.arguments = ["-c", "ulimit -v \(memoryLimitKB); exec \"$0\" \"$@\"", CLI.binary] + args
+        p.arguments = viaShell ? ["-c", "ulimit -v \(memoryLimitKB); exec /bin/sh \"$@\"", "sh"] + args
+            : ["-c", "ulimit -v \(memoryLimitKB); exec \"$0\" \"$@\"", CLI.binary] + args
         p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -459,5 +461,82 @@ import Testing
         }
         // Absurd sizes saturate instead of trapping.
         #expect(Workspace.estimatedBytes(config: config, B: Int.max / 2, L: 1 << 40, training: true) == Int.max)
+    }
+}
+
+extension HostileInputTests {
+    /// A run that fails on its inputs leaves no output directory it created (nothing but a lock file would be in
+    /// it); a directory that was there before stays.
+    @Test func failedRunLeavesNoEmptyOutputDirectory() throws {
+        let tmp = TempDir()
+        try FileManager.default.createDirectory(atPath: tmp.file("d"), withIntermediateDirectories: true)
+        try ">a\nACGT\n".write(toFile: tmp.file("d/x.fa"), atomically: true, encoding: .utf8)
+        try "not fasta\n".write(toFile: tmp.file("d/y.fa"), atomically: true, encoding: .utf8)
+        for args in [["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("new")],
+                     ["train", "--data", tmp.file("d/y.fa"), "--format", "fasta", "--out", tmp.file("new")]] {
+            try Self.expectRefused(args + Self.tinyRun, naming: ["y.fa"])
+            #expect(!FileManager.default.fileExists(atPath: tmp.file("new")), "\(args)")
+        }
+        try FileManager.default.createDirectory(atPath: tmp.file("old"), withIntermediateDirectories: true)
+        try Self.expectRefused(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("old")] + Self.tinyRun,
+                               naming: ["y.fa"])
+        #expect(FileManager.default.fileExists(atPath: tmp.file("old")))
+    }
+}
+
+extension HostileInputTests {
+    @Test func resumeWithOtherTokenizerFlagsIsRefused() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let dna = ["train", "--format", "fasta", "--data", "samples/dna/origin/lambda_phage.fa.gz", "--out", out]
+        let ok = try CLI.run(dna + ["--steps", "2", "--vocabulary", "nucleotide", "--case", "upper"] + Self.tinyRun)
+        try #require(ok.status == 0, "\(ok.stderr)")
+        try Self.expectRefused(dna + ["--resume", "--steps", "4", "--vocabulary", "bytes"] + Self.tinyRun,
+                               naming: ["--vocabulary nucleotide", "keeps its tokenizer", out])
+        try Self.expectRefused(dna + ["--resume", "--steps", "4", "--case", "keep"] + Self.tinyRun, naming: ["--case upper"])
+        // The same values, or none, resume.
+        let same = try CLI.run(dna + ["--resume", "--steps", "3", "--case", "upper"] + Self.tinyRun)
+        #expect(same.status == 0, "\(same.stderr)")
+        let none = try CLI.run(dna + ["--resume", "--steps", "4"] + Self.tinyRun)
+        #expect(none.status == 0, "\(none.stderr)")
+    }
+
+    /// `-` reads standard input where a command takes a stream: FASTA for classify predict (plain or gzip), a prompt
+    /// for generate. Nothing else reads a pipe.
+    @Test func dashReadsStandardInput() throws {
+        let tmp = TempDir()
+        let d = tmp.file("d")
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        try ">a1\nAAAATTTTAAAA\n>a2\nATATATATAT\n".write(toFile: d + "/at.fa", atomically: true, encoding: .utf8)
+        try ">g1\nGGGGCCCCGGGG\n>g2\nGCGCGCGCGC\n".write(toFile: d + "/gc.fa", atomically: true, encoding: .utf8)
+        let model = tmp.file("clf")
+        let t = try CLI.run(["classify", "train", "--train", d, "--val", d, "--out", model, "--steps", "2"] + Self.tinyRun)
+        try #require(t.status == 0, "\(t.stderr)")
+        func piped(_ file: String, _ args: [String]) throws -> HostileInputTests.Outcome {
+            try Self.run(["-c", "exec \"$0\" \"$@\" < '\(file)'", CLI.binary] + args, viaShell: true)
+        }
+        let direct = try CLI.run(["classify", "predict", "--model", model, "--input", d + "/at.fa"])
+        try #require(direct.status == 0, "\(direct.stderr)")
+        let p = try piped(d + "/at.fa", ["classify", "predict", "--model", model, "--input", "-"])
+        #expect(p.status == 0, "\(p.stderr)")
+        #expect(p.stdout == direct.stdout)
+        let gz = try piped("samples/dna/bgzf/genes.fasta.gz", ["classify", "predict", "--model", model, "--input", "-"])
+        #expect(gz.status == 0, "\(gz.stderr)")
+        #expect(String(decoding: gz.stdout, as: UTF8.self).split(separator: "\n").count == 21, "header and 20 records")
+        // Bad FASTA on standard input is named as such.
+        try "hello\n".write(toFile: tmp.file("bad"), atomically: true, encoding: .utf8)
+        let bad = try piped(tmp.file("bad"), ["classify", "predict", "--model", model, "--input", "-"])
+        #expect(bad.status != 0 && bad.stderr.contains("standard input, line 1"), "\(bad.stderr)")
+        #expect(bad.stdout.isEmpty)
+        // A prompt from standard input.
+        let lm = tmp.file("lm")
+        let l = try CLI.run(["train"] + Self.data + ["--out", lm, "--steps", "1"] + Self.tinyRun)
+        try #require(l.status == 0, "\(l.stderr)")
+        try "In the beginning".write(toFile: tmp.file("prompt"), atomically: true, encoding: .utf8)
+        let args = ["generate", "--model", lm, "--max-new-tokens", "8", "--temperature", "0"]
+        let a = try CLI.run(args + ["--prompt-file", tmp.file("prompt")])
+        let b = try piped(tmp.file("prompt"), args + ["--prompt-file", "-"])
+        #expect(a.status == 0 && b.status == 0, "\(a.stderr) \(b.stderr)")
+        #expect(b.stdout == a.stdout && !a.stdout.isEmpty)
     }
 }

@@ -99,6 +99,7 @@ public enum Settings {
             .int("log_every", "--log-every", 1, maxSteps),
             .int("keep_checkpoints", nil, 1, 1000),
             .int("patience", "--patience", 0, maxSteps, "0: never stop early"),
+            .int("epochs", "--epochs", 1, 1_000_000),
             // Generation.
             .int("max_new_tokens", "--max-new-tokens", 0, maxTokens),
             .real("temperature", "--temperature", 0, 100, "0: greedy"),

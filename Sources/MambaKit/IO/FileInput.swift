@@ -28,19 +28,41 @@ public enum FileInput {
     /// smaller; sequence data and audio stream instead.
     public static let maxWholeFile = 1 << 30
 
-    /// The whole file as bytes; an empty file is an error unless `allowEmpty`, one over `maxBytes` always is.
-    public static func readBytes(_ path: String, allowEmpty: Bool = false, maxBytes: Int = maxWholeFile) throws -> [UInt8] {
+    /// The path that stands for standard input where a command accepts it (`--input -`, `--prompt-file -`).
+    public static let standardInput = "-"
+
+    /// How errors name `path`: "standard input" for `-`.
+    public static func label(_ path: String) -> String { path == standardInput ? "standard input" : path }
+
+    /// A descriptor to read `path` from: `-` is a duplicate of standard input (read to its end, whatever it is);
+    /// anything else must pass `checkFile`. Returns the descriptor and the file's size (0 for standard input).
+    static func openForReading(_ path: String) throws -> (fd: Int32, size: Int) {
+        if path == standardInput {
+            let fd = dup(STDIN_FILENO)
+            guard fd >= 0 else { throw MambaKitError(.io, "cannot read: \(String(cString: strerror(errno)))", at: label(path)) }
+            return (fd, 0)
+        }
         let size = try checkFile(path)
+        var fd: Int32
+        repeat { fd = open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw MambaKitError(.io, "cannot open: \(String(cString: strerror(errno)))", at: path) }
+        return (fd, size)
+    }
+
+    /// The whole file as bytes; an empty file is an error unless `allowEmpty`, one over `maxBytes` always is.
+    /// `-` reads standard input to its end, under the same limit.
+    public static func readBytes(_ path: String, allowEmpty: Bool = false, maxBytes: Int = maxWholeFile) throws -> [UInt8] {
+        let (fd, size) = try openForReading(path)
+        defer { close(fd) }
+        let path = label(path)
         guard size <= maxBytes else {
             throw MambaKitError(.io, "file is \(size) bytes, more than the \(maxBytes) this input may hold", at: path)
         }
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw MambaKitError(.io, "cannot open: \(String(cString: strerror(errno)))", at: path) }
-        defer { close(fd) }
         // One read of the stat size plus a byte (to see growth) for small files; 1 MiB blocks beyond that.
         var out: [UInt8] = []
         out.reserveCapacity(min(size, 1 << 20))
         var chunk = [UInt8](repeating: 0, count: min(size + 1, 1 << 20))
+        if size == 0 { chunk = [UInt8](repeating: 0, count: 1 << 16) }
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
@@ -50,7 +72,8 @@ public enum FileInput {
             if n == 0 { break }
             out.append(contentsOf: chunk[0..<n])
             if out.count > maxBytes {
-                throw MambaKitError(.io, "file grew past \(maxBytes) bytes while being read", at: path)
+                throw MambaKitError(.io, size == 0 ? "input is longer than the \(maxBytes) bytes it may hold"
+                                                   : "file grew past \(maxBytes) bytes while being read", at: path)
             }
         }
         if out.isEmpty && !allowEmpty { throw MambaKitError(.io, "file is empty", at: path) }

@@ -9,18 +9,22 @@ public final class RunLock {
     public let directory: String
     private let key: String
 
-    nonisolated(unsafe) private static var held: [String: (fd: Int32, count: Int)] = [:]
+    nonisolated(unsafe) private static var held: [String: (fd: Int32, count: Int, created: Bool)] = [:]
     private static let mutex = NSLock()
 
-    /// Creates `directory` if needed and takes its lock, or throws naming the process that holds it.
+    /// Creates `directory` if needed and takes its lock, or throws naming the process that holds it. A directory
+    /// created here that holds nothing but the lock when the last holder lets go (a run that failed on its inputs)
+    /// is removed again.
     public init(directory: String) throws {
         self.directory = directory
+        var st = stat()
+        let existed = lstat(directory, &st) == 0
         try ensureDirectory(directory)
         key = (directory as NSString).resolvingSymlinksInPath
         Self.mutex.lock()
         defer { Self.mutex.unlock() }
         if let h = Self.held[key] {
-            Self.held[key] = (h.fd, h.count + 1)
+            Self.held[key] = (h.fd, h.count + 1, h.created)
             return
         }
         let path = directory + "/.lock"
@@ -40,7 +44,7 @@ public final class RunLock {
         let text = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)
         _ = pwrite(fd, text, text.count, 0)
-        Self.held[key] = (fd, 1)
+        Self.held[key] = (fd, 1, !existed)
     }
 
     deinit {
@@ -48,9 +52,13 @@ public final class RunLock {
         defer { Self.mutex.unlock() }
         guard let h = Self.held[key] else { return }
         if h.count > 1 {
-            Self.held[key] = (h.fd, h.count - 1)
+            Self.held[key] = (h.fd, h.count - 1, h.created)
         } else {
             Self.held[key] = nil
+            if h.created, (try? FileManager.default.contentsOfDirectory(atPath: directory)) == [".lock"] {
+                unlink(directory + "/.lock")
+                rmdir(directory)
+            }
             flock(h.fd, LOCK_UN)
             close(h.fd)
         }

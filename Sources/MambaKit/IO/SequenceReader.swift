@@ -46,10 +46,13 @@ public final class SequenceReader {
     /// the record or line, instead of taking all memory.
     public static var defaultMaxRecordLength: Int { min(1 << 32, max(1 << 20, MemoryBudget.available / 4)) }
 
+    /// Reads `path`, or standard input for `-` (plain or gzip, streamed).
     public init(path: String, maxRecordLength: Int = SequenceReader.defaultMaxRecordLength) throws {
+        let input = path
+        let path = FileInput.label(path)
         self.path = path
         self.maxRecordLength = max(1, maxRecordLength)
-        let source = try ByteSource(path: path)
+        let source = try ByteSource(path: input)
         self.isCompressed = source.isGzip
         let lines = LineBuffer(source: source, path: path, maxLine: self.maxRecordLength)
         self.lines = lines
@@ -368,13 +371,9 @@ private final class ByteSource {
     private var members = 0
 
     init(path: String) throws {
-        self.path = path
-        try FileInput.checkFile(path)
-        var f: Int32
-        repeat { f = open(path, O_RDONLY) } while f < 0 && errno == EINTR
-        guard f >= 0 else {
-            throw MambaKitError(.io, "cannot open: \(String(cString: strerror(errno)))", at: path)
-        }
+        let f = try FileInput.openForReading(path).fd
+        self.path = FileInput.label(path)
+        let path = self.path
         fd = f
         let raw = UnsafeMutablePointer<UInt8>.allocate(capacity: ByteSource.chunkSize)
         self.raw = raw

@@ -131,7 +131,7 @@ public enum CausalConv1d {
                     siluPre == nil ? dout + r * ED : UnsafePointer(gbuf + (r - r0) * ED)
                 }
                 for row in r0..<r1 {
-                    let b = row / L, t = row % L
+                    let t = row % L
                     let gx = dx + row * lddx
                     let go = grad(row)
                     var c = 0

@@ -338,6 +338,9 @@ public enum LanguageModelTask {
             if format == .fasta { tokenizer = try ClassificationTask.dnaTokenizer(of: saved.config, at: out) }
             if format == .audio, case let .audio(a) = try ModelTokenizer(config: saved.config, at: out) { audio = a }
         }
+        if trainSpec.epochs != nil {
+            throw MambaKitError(.usage, "epochs apply to classification; a language model samples random windows, so its budget is steps")
+        }
         var options = trainSpec.apply(to: baseOptions)
         options.valFraction = valFraction ?? (resume ? baseOptions.valFraction : 0.05)
         // Audio: one second of sound per window unless told otherwise.

@@ -38,6 +38,8 @@ public struct PipelineSpec {
         public var evalEvery: Int?, evalTokens: Int?, checkpointEvery: Int?, logEvery: Int?
         /// Early stopping (classification): validations without improvement before stopping.
         public var patience: Int?
+        /// Classification: passes over the training sequences (instead of `steps`).
+        public var epochs: Int?
         public init() {}
 
         /// Fills unset fields from `other`.
@@ -50,6 +52,9 @@ public struct PipelineSpec {
             t.evalTokens = evalTokens ?? other.evalTokens; t.checkpointEvery = checkpointEvery ?? other.checkpointEvery
             t.logEvery = logEvery ?? other.logEvery
             t.patience = patience ?? other.patience
+            // Steps and epochs are one budget: a value given here replaces the other's value underneath.
+            if steps != nil && epochs == nil { t.epochs = nil } else { t.epochs = epochs ?? other.epochs }
+            if epochs != nil && steps == nil { t.steps = nil }
             return t
         }
 
@@ -63,6 +68,12 @@ public struct PipelineSpec {
             try Settings.check("eval_tokens", evalTokens, source)
             try Settings.check("checkpoint_every", checkpointEvery, source)
             try Settings.check("log_every", logEvery, source); try Settings.check("patience", patience, source)
+            try Settings.check("epochs", epochs, source)
+            if steps != nil && epochs != nil {
+                throw MambaKitError(source.location == nil ? .usage : .config,
+                                    "\(source.name(Settings.setting("steps"))) and \(source.name(Settings.setting("epochs"))) are two ways to give one budget: give one of them",
+                                    at: source.location)
+            }
         }
 
         /// Options from `self`, falling back to `base`.
@@ -222,7 +233,8 @@ public struct PipelineSpec {
         }
         if let t = try r.map(o, "train") {
             try r.allow(t, ["steps", "batch_size", "seq_len", "lr", "warmup", "seed", "weight_decay", "grad_clip",
-                            "min_lr_ratio", "eval_every", "eval_tokens", "checkpoint_every", "log_every", "patience"],
+                            "min_lr_ratio", "eval_every", "eval_tokens", "checkpoint_every", "log_every", "patience",
+                            "epochs"],
                         in: "train")
             train.steps = try r.int(t, "steps")
             train.batchSize = try r.int(t, "batch_size")
@@ -238,6 +250,7 @@ public struct PipelineSpec {
             train.checkpointEvery = try r.int(t, "checkpoint_every")
             train.logEvery = try r.int(t, "log_every")
             train.patience = try r.int(t, "patience")
+            train.epochs = try r.int(t, "epochs")
             try train.validate(.file(path, section: "train"))
         }
         if let g = try r.map(o, "generate") {

@@ -71,6 +71,9 @@ public final class ClassificationObjective: TrainingObjective {
     public var trainSize: Int { train.count }
     public var validationSize: Int { validation.count }
     public var sizeUnit: String { "sequences" }
+    public var validationTokens: Int {
+        validation.reduce(0) { $0 + $1.tokens.count } * (strand == .rcAverage && complement != nil ? 2 : 1)
+    }
 
     public func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int) {
         precondition(model === classifier.model)

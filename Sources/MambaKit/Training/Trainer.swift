@@ -10,6 +10,12 @@ public protocol TrainingObjective: AnyObject {
     var trainSize: Int { get }
     var validationSize: Int { get }
     var sizeUnit: String { get }
+    /// Tokens one validation runs forward (for the trainer's time estimate; 0 when unknown).
+    var validationTokens: Int { get }
+}
+
+extension TrainingObjective {
+    public var validationTokens: Int { 0 }
 }
 
 /// Next-token prediction on random windows of a `TokenCorpus`; validation is the exact NLL of the held-out tails.
@@ -30,6 +36,7 @@ public final class LanguageModelObjective: TrainingObjective {
     public var trainSize: Int { corpus.trainTokens }
     public var validationSize: Int { corpus.validationTokens }
     public var sizeUnit: String { "tokens" }
+    public var validationTokens: Int { min(evalTokens, corpus.validationTokens) }
 
     public func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int) {
         try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
@@ -193,6 +200,12 @@ public final class Trainer {
         case validation(step: Int, metrics: [String: Double])
         case checkpoint(step: Int, path: String)
         case earlyStop(step: Int, bestStep: Int, bestLoss: Double)
+        /// The time the run will take, measured on its first steps: seconds per training step, and the seconds
+        /// left for all remaining steps and validations (validation priced at a third of a training step per
+        /// token, the forward pass alone).
+        case estimate(step: Int, secondsPerStep: Double, remainingSeconds: Double, validations: Int)
+        /// A line of information about the run (its budget).
+        case note(String)
     }
 
     public let model: MambaModel
@@ -259,6 +272,8 @@ public final class Trainer {
         let clock = ContinuousClock()
         let t0 = clock.now
         let startStep = step
+        var estimateStart = clock.now
+        var estimateTokens = 0
         var windowStart = clock.now
         var windowTokens = 0
         while step < o.steps {
@@ -278,6 +293,20 @@ public final class Trainer {
             let now = clock.now
             let elapsed = elapsedBefore + seconds(now - t0)
             elapsedNow = elapsed
+            // The first step pays for warm-up (allocation, page faults); the estimate times the next few.
+            if step == startStep + 1 { estimateStart = now; estimateTokens = 0 } else { estimateTokens += tokens }
+            if step == startStep + 1 + Self.estimateSteps && step < o.steps {
+                let perStep = seconds(now - estimateStart) / Double(Self.estimateSteps)
+                let tokensPerStep = Double(estimateTokens) / Double(Self.estimateSteps)
+                let left = o.steps - step
+                let validations = objective.validationSize == 0 ? 0
+                    : (o.evalEvery > 0 ? o.steps / o.evalEvery - step / o.evalEvery : 0)
+                        + (o.evalEvery > 0 && o.steps % o.evalEvery == 0 ? 0 : 1)
+                let perValidation = perStep * Double(objective.validationTokens) / max(tokensPerStep, 1) / 3
+                events(.estimate(step: step, secondsPerStep: perStep,
+                                 remainingSeconds: Double(left) * perStep + Double(validations) * perValidation,
+                                 validations: validations))
+            }
             if step % o.logEvery == 0 || step == o.steps || step == startStep + 1 {
                 let tps = Double(windowTokens) / max(seconds(now - windowStart), 1e-9)
                 events(.step(step: step, of: o.steps, loss: loss, lr: lr, gradNorm: gradNorm, tokensPerSecond: tps,
@@ -321,6 +350,9 @@ public final class Trainer {
             }
         }
     }
+
+    /// Steps timed (after the first) for the `.estimate` event.
+    static let estimateSteps = 3
 
     /// `step-NNNNNNNN`, the directory name of the checkpoint at `step`.
     public static func checkpointDirectoryName(_ step: Int) -> String { checkpointName(step) }
