@@ -76,7 +76,7 @@ func refuseChangedTokenizer(out: String, dna: DNATokenizerOptions, audio: AudioT
 struct Classify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sequence classification: train a classifier, evaluate it, predict labels for new sequences.",
-        subcommands: [ClassifyTrain.self, ClassifyEval.self, ClassifyPredict.self, ClassifyExplain.self])
+        subcommands: [ClassifyTrain.self, ClassifyEval.self, ClassifyPredict.self, ClassifyExplain.self, ClassifyBaseline.self])
 }
 
 struct ClassifyTrain: ParsableCommand {
@@ -338,6 +338,51 @@ struct ClassifyExplain: ParsableCommand {
                 out += "\n"
             }
             try writeStdout(Array(out.utf8))
+        }
+    }
+}
+
+struct ClassifyBaseline: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "baseline",
+        abstract: "A linear baseline in seconds: softmax regression on k-mer frequencies (DNA) or a log-spectrogram summary (audio), trained on --train and measured on --data.")
+
+    @Option(help: "Training data, laid out as for classify train.") var train: String
+    @Option(help: "TSV of id<TAB>label for a --train file.") var labels: String?
+    @Option(help: "Test data, laid out like --train.") var data: String
+    @Option(name: .customLong("data-labels"), help: "TSV of id<TAB>label for a --data file.") var dataLabels: String?
+    @Option(help: "DNA: k-mer length (default 5).") var k: Int = 5
+    @Option(name: .customLong("sample-rate"), help: "Audio: the rate the files are resampled to (default: the first file's).") var sampleRate: Int?
+    @Option(help: "L2 penalty on the weights (default 0.01).") var l2: Double = 0.01
+    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try common.apply()
+            guard (1...8).contains(k) else { throw MambaKitError(.usage, "--k must be in 1...8 (got \(k))") }
+            guard l2.isFinite, l2 >= 0, l2 <= 1e6 else { throw MambaKitError(.usage, "--l2 must be in [0, 1e6] (got \(l2))") }
+            let (kind, file) = try DataKind.recognise(train)
+            let features: LinearBaseline.Features
+            switch kind {
+            case .audio:
+                let rate = try sampleRate ?? AudioFile.info(file).sampleRate
+                try Settings.check("sample_rate", rate, .flags)
+                features = .spectrum(sampleRate: rate)
+            case .sequences:
+                features = .kmers(k)
+            case nil:
+                throw MambaKitError(.usage, "cannot tell whether the data is FASTA/FASTQ or audio from its first file", at: file)
+            }
+            let r = try LinearBaseline.run(train: train, trainLabels: labels, data: data, labels: dataLabels,
+                                           features: features, l2: l2)
+            if json {
+                try printJSON(r.json)
+            } else {
+                let m = r.metrics
+                try say(String(format: "accuracy %.4f  macro-F1 %.4f  MCC %.4f  over %d sequences; %@ (%d features), %d training sequences, %d iterations (%.1f s)",
+                               m.accuracy, m.macroF1, m.mcc, m.count, r.features, r.featureCount, r.trainExamples, r.iterations, r.seconds))
+            }
         }
     }
 }
