@@ -360,8 +360,8 @@ struct ClassifyBaseline: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             try common.apply()
-            guard (1...8).contains(k) else { throw MambaKitError(.usage, "--k must be in 1...8 (got \(k))") }
-            guard l2.isFinite, l2 >= 0, l2 <= 1e6 else { throw MambaKitError(.usage, "--l2 must be in [0, 1e6] (got \(l2))") }
+            try Settings.check("k", k, .flags)
+            try Settings.check("l2", l2, .flags)
             let (kind, file) = try DataKind.recognise(train)
             let features: LinearBaseline.Features
             switch kind {

@@ -118,9 +118,17 @@ import Testing
         for (i, (body, name)) in cases.enumerated() {
             let path = tmp.file("p\(i).yaml")
             try "name: p\(i)\ntask: lm\n\(body)\n".write(toFile: path, atomically: true, encoding: .utf8)
-            try Self.expectRefused(["run", path, "--runs-dir", tmp.file("runs")], naming: [name, path])
-            try Self.expectRefused(["train"] + Self.data + ["--out", tmp.file("o\(i)"), "--config", path], naming: [name, path])
+            // Every key sits on line 3: the error names it.
+            try Self.expectRefused(["run", path, "--runs-dir", tmp.file("runs")], naming: [name, path + ", line 3"])
+            try Self.expectRefused(["train"] + Self.data + ["--out", tmp.file("o\(i)"), "--config", path],
+                                   naming: [name, path + ", line 3"])
         }
+        // Block style: a value of the wrong type, and an unknown key, each on its own line.
+        let block = tmp.file("block.yaml")
+        try "name: b\ntask: lm\ntrain:\n  steps: 2\n  seq_len: long\n".write(toFile: block, atomically: true, encoding: .utf8)
+        try Self.expectRefused(["run", block, "--runs-dir", tmp.file("runs")], naming: ["'seq_len' must be an integer", block + ", line 5"])
+        try "name: b\ntask: lm\ntrain:\n  steps: 2\n  lgo_every: 3\n".write(toFile: block, atomically: true, encoding: .utf8)
+        try Self.expectRefused(["run", block, "--runs-dir", tmp.file("runs")], naming: ["unknown key 'lgo_every' in train", block + ", line 5"])
     }
 
     @Test func corruptTrainerStateIsRefusedOnResume() throws {

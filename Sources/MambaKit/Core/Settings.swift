@@ -55,18 +55,28 @@ public enum SettingSource: Sendable {
     case file(String, section: String)
     /// A library call: `Trainer.Options.batch_size`.
     case api(String)
+    /// A YAML file, with the line of every key path (`train.batch_size`) so the error names the line.
+    case yaml(String, section: String, lines: [String: Int])
 
     func name(_ s: Setting) -> String {
         switch self {
         case .flags: return s.flag ?? s.key
-        case .file(_, let section): return section.isEmpty ? s.key : "\(section).\(s.key)"
+        case .file(_, let section), .yaml(_, let section, _): return section.isEmpty ? s.key : "\(section).\(s.key)"
         case .api(let type): return "\(type).\(s.key)"
         }
     }
 
     var location: String? {
-        if case .file(let path, _) = self { return path }
-        return nil
+        switch self {
+        case .file(let path, _), .yaml(let path, _, _): return path
+        default: return nil
+        }
+    }
+
+    /// Where setting `s` is: the file, and for YAML its line.
+    func location(of s: Setting) -> String? {
+        if case .yaml(let path, _, let lines) = self, let line = lines[name(s)] { return "\(path), line \(line)" }
+        return location
     }
 }
 
@@ -113,6 +123,9 @@ public enum Settings {
             .real("max_ambiguous", "--max-ambiguous", 0, 1),
             // Audio: the model's sample rate (files are resampled to it).
             .int("sample_rate", "--sample-rate", 1000, 384_000),
+            // Linear baselines (classify baseline).
+            .int("k", "--k", 1, 8),
+            .real("l2", "--l2", 0, 1e6),
             // Datasets made by pipelines: record counts and split fractions.
             .int("count", "--counts", 0, 100_000_000),
             .real("fraction", "--fractions", 0, 1),
@@ -127,7 +140,7 @@ public enum Settings {
 
     static func error(_ s: Setting, _ got: String, _ source: SettingSource) -> MambaKitError {
         MambaKitError(source.location == nil ? .usage : .config,
-                      "\(source.name(s)) must be \(s.rangeText) (got \(got))", at: source.location)
+                      "\(source.name(s)) must be \(s.rangeText) (got \(got))", at: source.location(of: s))
     }
 
     /// `v` if it lies in the range of setting `key`, else an error naming it as `source` does.

@@ -91,7 +91,7 @@ public struct ClassifySpec {
             guard counts.count == 3, fractions.count == 3 else {
                 throw MambaKitError(.config, "data.fragments counts and fractions are [train, val, test]", at: path)
             }
-            let source = SettingSource.file(path, section: "data.fragments")
+            let source = r.source("data.fragments")
             for v in lengths { try Settings.check("length", v, source) }
             for v in counts { try Settings.check("count", v, source) }
             try Self.checkFractions(fractions, source)
@@ -106,7 +106,7 @@ public struct ClassifySpec {
             }
             let fractions = try doubles(c, "fractions") ?? [0.8, 0.1, 0.1]
             guard fractions.count == 3 else { throw MambaKitError(.config, "fractions are [train, val, test]", at: path) }
-            let source = SettingSource.file(path, section: "data.shuffled_control")
+            let source = r.source("data.shuffled_control")
             try Self.checkFractions(fractions, source)
             let count = try Settings.check("count", try r.int(c, "count"), source)
             let seed = try Settings.check("seed", try r.int(c, "seed") ?? 0, source)
@@ -152,7 +152,7 @@ public struct ClassifySpec {
                 throw MambaKitError(.config, "classify.format '\(format)' is not one of fasta, audio", at: path)
             }
             valFraction = try Settings.check("val_fraction", try r.double(c, "val_fraction") ?? valFraction,
-                                             .file(path, section: "classify"))
+                                             r.source("classify"))
         }
         if let p = try r.map(o, "pretrain") {
             try r.allow(p, ["data", "steps", "batch_size", "seq_len", "lr", "warmup", "seed", "eval_every", "log_every",
@@ -171,7 +171,7 @@ public struct ClassifySpec {
             pre.train.logEvery = try r.int(p, "log_every")
             pre.train.checkpointEvery = try r.int(p, "checkpoint_every")
             pre.compareScratch = try r.bool(p, "compare_scratch") ?? true
-            try pre.train.validate(.file(path, section: "pretrain"))
+            try pre.train.validate(r.source("pretrain"))
             pretrain = pre
         }
     }

@@ -170,11 +170,13 @@ public struct PipelineSpec {
         }
         let root = node?.any  // what Yams.load returns
         guard let o = root as? [String: Any] else { throw MambaKitError(.format, "expected a mapping at the top level", at: path) }
-        return try PipelineSpec(yaml: o, path: path)
+        var lines: [String: Int] = [:]
+        if let node { recordLines(node, prefix: "", into: &lines) }
+        return try PipelineSpec(yaml: o, path: path, lines: lines)
     }
 
-    init(yaml o: [String: Any], path: String) throws {
-        let r = YAMLReader(path: path)
+    init(yaml o: [String: Any], path: String, lines: [String: Int] = [:]) throws {
+        let r = YAMLReader(path: path, lines: lines)
         try r.allow(o, ["name", "task", "data", "model", "variants", "train", "generate", "threads", "classify", "pretrain"],
                     in: "top level")
         task = try r.string(o, "task") ?? "lm"
@@ -191,7 +193,7 @@ public struct PipelineSpec {
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
             throw MambaKitError(.config, "name must be a plain directory name (got '\(name)')", at: path)
         }
-        threads = try Settings.check("threads", try r.int(o, "threads"), .file(path, section: ""))
+        threads = try Settings.check("threads", try r.int(o, "threads"), r.source(""))
         if task == "lm", let d = try r.map(o, "data") {
             try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer"], in: "data")
             var a: [String: Any] = ["type": "audio"]
@@ -211,7 +213,7 @@ public struct PipelineSpec {
                 trainData = many.compactMap { $0 as? String }
             }
             evalData = try r.string(d, "eval")
-            valFraction = try Settings.check("val_fraction", try r.double(d, "val_fraction"), .file(path, section: "data"))
+            valFraction = try Settings.check("val_fraction", try r.double(d, "val_fraction"), r.source("data"))
         }
         if let m = try r.map(o, "model") { model = try Self.modelSpec(m, reader: r, in: "model") }
         if let v = o["variants"], !(v is NSNull) {
@@ -251,7 +253,7 @@ public struct PipelineSpec {
             train.logEvery = try r.int(t, "log_every")
             train.patience = try r.int(t, "patience")
             train.epochs = try r.int(t, "epochs")
-            try train.validate(.file(path, section: "train"))
+            try train.validate(r.source("train"))
         }
         if let g = try r.map(o, "generate") {
             try r.allow(g, ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "seconds", "prompt_audio"],
@@ -265,7 +267,7 @@ public struct PipelineSpec {
             s.seed = try r.int(g, "seed") ?? s.seed
             s.seconds = try r.double(g, "seconds") ?? s.seconds
             s.promptAudio = try r.string(g, "prompt_audio")
-            try s.validate(.file(path, section: "generate"))
+            try s.validate(r.source("generate"))
             generate = s
         }
     }
@@ -308,32 +310,70 @@ private func kindName(_ node: Node) -> String {
     }
 }
 
-/// Typed access to a YAML mapping with errors that name the file and key.
+/// Records the line of every mapping key under `node` by its dotted path (`train.steps`; sequence elements by index,
+/// `variants.0.name`). Called once the node count is known to be bounded.
+private func recordLines(_ node: Node, prefix: String, into lines: inout [String: Int]) {
+    switch node {
+    case .mapping(let mapping):
+        for (key, value) in mapping {
+            guard let k = key.string else { continue }
+            let path = prefix.isEmpty ? k : prefix + "." + k
+            if let line = key.mark?.line { lines[path] = line }
+            recordLines(value, prefix: path, into: &lines)
+        }
+    case .sequence(let sequence):
+        for (i, element) in sequence.enumerated() { recordLines(element, prefix: "\(prefix).\(i)", into: &lines) }
+    case .scalar, .alias:
+        break
+    }
+}
+
+/// Typed access to a YAML mapping with errors that name the file, the key and, where the key name occurs once in
+/// the file, its line.
 struct YAMLReader {
     let path: String
+    /// Line of every key path (`recordLines`).
+    let lines: [String: Int]
+
+    init(path: String, lines: [String: Int] = [:]) {
+        self.path = path
+        self.lines = lines
+        var seen: [String: [Int]] = [:]
+        for (p, line) in lines { seen[String(p.split(separator: ".").last ?? ""), default: []].append(line) }
+        uniqueNames = seen.compactMapValues { $0.count == 1 ? $0[0] : nil }
+    }
+
+    /// Key names that occur once in the file, with their line.
+    private let uniqueNames: [String: Int]
+
+    /// The settings source for `section` (dotted), naming lines.
+    func source(_ section: String) -> SettingSource { .yaml(path, section: section, lines: lines) }
+
+    /// The file, with the line of key `k` when its name occurs once.
+    func at(_ k: String) -> String { uniqueNames[k].map { "\(path), line \($0)" } ?? path }
 
     func allow(_ o: [String: Any], _ keys: Set<String>, in section: String) throws {
         for k in o.keys where !keys.contains(k) {
-            throw MambaKitError(.config, "unknown key '\(k)' in \(section) (expected one of \(keys.sorted().joined(separator: ", ")))", at: path)
+            throw MambaKitError(.config, "unknown key '\(k)' in \(section) (expected one of \(keys.sorted().joined(separator: ", ")))", at: lines[section == "top level" ? k : section + "." + k].map { "\(path), line \($0)" } ?? at(k))
         }
     }
 
     func map(_ o: [String: Any], _ k: String) throws -> [String: Any]? {
         guard let v = o[k], !(v is NSNull) else { return nil }
-        guard let m = v as? [String: Any] else { throw MambaKitError(.config, "'\(k)' must be a mapping", at: path) }
+        guard let m = v as? [String: Any] else { throw MambaKitError(.config, "'\(k)' must be a mapping", at: at(k)) }
         return m
     }
 
     func string(_ o: [String: Any], _ k: String) throws -> String? {
         guard let v = o[k], !(v is NSNull) else { return nil }
         if let s = v as? String { return s }
-        throw MambaKitError(.config, "'\(k)' must be a string (got \(v))", at: path)
+        throw MambaKitError(.config, "'\(k)' must be a string (got \(v))", at: at(k))
     }
 
     func int(_ o: [String: Any], _ k: String) throws -> Int? {
         guard let v = o[k], !(v is NSNull) else { return nil }
         if let i = v as? Int { return i }
-        throw MambaKitError(.config, "'\(k)' must be an integer (got \(v))", at: path)
+        throw MambaKitError(.config, "'\(k)' must be an integer (got \(v))", at: at(k))
     }
 
     func double(_ o: [String: Any], _ k: String) throws -> Double? {
@@ -342,12 +382,12 @@ struct YAMLReader {
         if let i = v as? Int { return Double(i) }
         // YAML 1.1 reads "3e-3" (no dot) as a string; accept numeric strings.
         if let s = v as? String, let d = Double(s) { return d }
-        throw MambaKitError(.config, "'\(k)' must be a number (got \(v))", at: path)
+        throw MambaKitError(.config, "'\(k)' must be a number (got \(v))", at: at(k))
     }
 
     func bool(_ o: [String: Any], _ k: String) throws -> Bool? {
         guard let v = o[k], !(v is NSNull) else { return nil }
         if let b = v as? Bool { return b }
-        throw MambaKitError(.config, "'\(k)' must be true or false (got \(v))", at: path)
+        throw MambaKitError(.config, "'\(k)' must be true or false (got \(v))", at: at(k))
     }
 }
