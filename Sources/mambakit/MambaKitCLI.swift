@@ -8,7 +8,7 @@ struct MambaKitCLI: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mambakit",
         abstract: "Selective state-space (Mamba) models for byte streams and DNA: train, evaluate, generate, classify.",
-        subcommands: [Train.self, Eval.self, Generate.self, Classify.self, Fragments.self, Run.self, Inspect.self, Bench.self])
+        subcommands: [Train.self, Eval.self, Generate.self, Classify.self, Fragments.self, Run.self, Inspect.self, Bench.self, NGramBaseline.self])
 
     static func main() {
         // A closed stdout is reported as an error (EPIPE) by the writes that find it, not a silent death.

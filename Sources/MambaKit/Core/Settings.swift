@@ -125,6 +125,7 @@ public enum Settings {
             .int("sample_rate", "--sample-rate", 1000, 384_000),
             // Linear baselines (classify baseline).
             .int("k", "--k", 1, 8),
+            .int("ngram_order", "--order", 1, 6),
             .real("l2", "--l2", 0, 1e6),
             // Datasets made by pipelines: record counts and split fractions.
             .int("count", "--counts", 0, 100_000_000),

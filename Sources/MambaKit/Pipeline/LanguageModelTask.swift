@@ -270,7 +270,7 @@ public enum LanguageModelTask {
     /// Files named directly, and files found by walking named directories (sorted, hidden ones skipped): audio
     /// datasets come as one folder per class or speaker.
     /// A directory reached again through a symlink is an error (a cycle would recurse forever); depth is capped.
-    static func expandPathsRecursively(_ paths: [String]) throws -> [String] {
+    public static func expandPathsRecursively(_ paths: [String]) throws -> [String] {
         var out: [String] = []
         var visiting = Set<[UInt64]>()
         func walk(_ p: String, depth: Int) throws {
