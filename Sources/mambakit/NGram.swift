@@ -20,11 +20,12 @@ struct NGramBaseline: ParsableCommand {
         try runReportingErrors {
             try common.apply()
             try Settings.check("ngram_order", order, .flags)
+            guard let firstTrain = train.first, !data.isEmpty else { throw MambaKitError(.usage, "--train and --data each need at least one path") }
             let f = try DataFormat.parse(format)
             var audioTokenizer = try audio.tokenizer()
             if f == .audio && audio.sampleRate == nil {
                 // The data's own rate, as classify train and ngram's users compare at it (at most 16 kHz).
-                let first = try DataKind.recognise(train[0]).file
+                let first = try DataKind.recognise(firstTrain).file
                 audioTokenizer.sampleRate = min(audioTokenizer.sampleRate, max(AudioFile.minSampleRate, try AudioFile.info(first).sampleRate))
             }
             let dnaTokenizer = try dna.tokenizer()

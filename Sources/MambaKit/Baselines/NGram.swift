@@ -43,6 +43,10 @@ public final class NGramModel {
     /// Counts every stream; tokens must lie in `0..<vocabulary`.
     public func fit(_ streams: [[Int32]]) throws {
         let N = order
+        // Every token can add one n-gram type per order; a dictionary entry costs about 100 bytes.
+        let tokens = streams.reduce(0) { $0 + $1.count }
+        try MemoryBudget.check(bytes: MemoryBudget.product(MemoryBudget.product(tokens, N), 100),
+                               "an order-\(N) n-gram model of \(tokens) tokens", hint: "less --train data or a lower --order")
         counts = Array(repeating: [:], count: N)
         // The n-grams (n < N) that open a stream: their left extension is the stream's start, counted once.
         var opening: [Set<[Int32]>] = Array(repeating: [], count: N)
