@@ -114,6 +114,7 @@ import Testing
             ("generate: { seconds: -1 }", "generate.seconds"),
             ("threads: 0", "threads"),
             ("data: { train: samples/text/ruth.txt, val_fraction: 1.5 }", "data.val_fraction"),
+            ("train: { epochs: 2 }", "train.epochs applies to classification"),
         ]
         for (i, (body, name)) in cases.enumerated() {
             let path = tmp.file("p\(i).yaml")

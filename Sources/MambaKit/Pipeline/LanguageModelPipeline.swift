@@ -39,6 +39,9 @@ public enum LanguageModelPipeline {
     /// One stack: train (or resume), evaluate, generate.
     static func runOne(_ spec: PipelineSpec, model: ModelSpec, out: String, resume: Bool,
                        events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
+        if spec.train.epochs != nil {
+            throw MambaKitError(.config, "train.epochs applies to classification; a language model samples random windows, so its budget is train.steps", at: spec.epochsLocation)
+        }
         events(.stage("training on \(spec.trainData.joined(separator: ", "))"))
         resetPeakMemory()
         var windows: [Double] = []

@@ -25,6 +25,8 @@ public struct PipelineSpec {
     /// of its own merged over `model` (`mambakit run` compares them in `summary.json`).
     public var variants: [(name: String, model: ModelSpec)] = []
     public var train = TrainSpec()
+    /// Where `train.epochs` was given (the file and line), for the error when a language model gets it.
+    public var epochsLocation: String?
     public var generate: GenerateSpec?
     public var threads: Int?
     /// `lm` (default): next-token training; `classify`: a sequence classifier (see `ClassifySpec`).
@@ -253,6 +255,7 @@ public struct PipelineSpec {
             train.logEvery = try r.int(t, "log_every")
             train.patience = try r.int(t, "patience")
             train.epochs = try r.int(t, "epochs")
+            if train.epochs != nil { epochsLocation = r.lines["train.epochs"].map { "\(path), line \($0)" } ?? path }
             try train.validate(r.source("train"))
         }
         if let g = try r.map(o, "generate") {
