@@ -11,6 +11,9 @@ public enum LanguageModelPipeline {
     /// Runs the pipeline; returns the summary written to `out/summary.json`.
     public static func run(_ spec: PipelineSpec, pipelinePath: String, out: String, resume: Bool,
                            events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
+        if spec.train.epochs != nil {
+            throw MambaKitError(.config, "train.epochs applies to classification; a language model samples random windows, so its budget is train.steps", at: spec.epochsLocation)
+        }
         guard !spec.trainData.isEmpty else { throw MambaKitError(.config, "data.train is empty", at: pipelinePath) }
         var summary: [String: Any] = ["name": spec.name, "pipeline": pipelinePath]
         if spec.variants.isEmpty {
