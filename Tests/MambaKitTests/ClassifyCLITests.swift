@@ -245,6 +245,14 @@ import Testing
         let validations = metrics.split(separator: "\n").filter { $0.contains("val_loss") }.count
         let stopped = metrics.contains("\"early_stop\"")
         #expect(stopped || validations == 20, "every epoch validated until the end or an early stop")
+        // --epochs on a resumed run sets its total length, as --steps does: 1 epoch, then 2.
+        let tiny = ["--d-model", "16", "--layers", "1", "--d-state", "4", "--threads", "2"]
+        let one = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o3"), "--epochs", "1"] + tiny)
+        #expect(one.status == 0, "\(one.stderr)")
+        let two = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o3"), "--epochs", "2", "--resume"] + tiny)
+        #expect(two.status == 0, "\(two.stderr)")
+        let latest = try String(contentsOfFile: tmp.file("o3/checkpoints/latest"), encoding: .utf8)
+        #expect(latest.hasPrefix("step-00000010"), "\(latest)")
         let c = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o2"), "--steps", "5", "--epochs", "2"])
         #expect(c.status != 0 && c.stderr.contains("--steps and --epochs"), "\(c.stderr)")
         #expect(!FileManager.default.fileExists(atPath: tmp.file("o2/model.safetensors")))

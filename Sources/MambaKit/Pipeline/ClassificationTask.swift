@@ -224,11 +224,18 @@ public enum ClassificationTask {
         }
         let longest = trainSet.examples.map(\.tokens.count).max() ?? 1
         if trainSpec.seqLen == nil && !s.resume { options.seqLen = min(longest, 4096) }
+        // What one epoch reads: every training sequence, cropped to the window.
+        let tokens = trainSet.examples.reduce(0) { $0 + min($1.tokens.count, options.seqLen) }
         if !s.resume {
-            let tokens = trainSet.examples.reduce(0) { $0 + min($1.tokens.count, options.seqLen) }
             let b = Budget(trainSequences: trainSet.examples.count, trainTokens: tokens, batchSize: options.batchSize,
                            train: trainSpec)
             b.apply(to: &options)
+            budget = b
+        } else if trainSpec.epochs != nil {
+            // A resumed run keeps its schedule; --epochs sets the total length (from step 0) like --steps does.
+            let b = Budget(trainSequences: trainSet.examples.count, trainTokens: tokens, batchSize: options.batchSize,
+                           train: trainSpec)
+            options.steps = b.steps
             budget = b
         }
         try options.validate(.api("classify train"))
@@ -237,8 +244,6 @@ public enum ClassificationTask {
         if case .audio = tok {
             spec = spec.merged(over: LanguageModelTask.defaultAudioSpec)
         } else if !s.resume && pretrained == nil && spec.dModel == nil && spec.layers == nil && spec.pattern == nil {
-            // What training reads: every sequence, cropped to the window.
-            let tokens = trainSet.examples.reduce(0) { $0 + min($1.tokens.count, options.seqLen) }
             if tokens <= smallDataTokens {
                 spec = spec.merged(over: smallDataSpec)
                 notes.append("model: \(smallDataSpec.layers ?? 0) layers of width \(smallDataSpec.dModel ?? 0) for a small training set (\(tokens) tokens; --d-model and --layers to choose)")
