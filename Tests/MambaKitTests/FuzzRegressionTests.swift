@@ -130,6 +130,24 @@ import Testing
         }
     }
 
+    /// pipeline/base60-overflow.yaml: the plain scalar `7:7:33:7:…`, a YAML 1.1 base-60 integer that overflows; Yams'
+    /// conversion trapped on it (found by the second 10-minute pipeline run). Base-60 numbers and dates are not read
+    /// as such (they stay strings, refused by the reader where a number is expected, with the line), and an explicit
+    /// `!!int`, `!!float` base-60 or `!!timestamp` tag is refused before the conversion.
+    @Test func pipelineBase60NumbersAreNotConverted() throws {
+        let overflow = Self.root + "/pipeline/base60-overflow.yaml"
+        let e1 = #expect(throws: MambaKitError.self) { _ = try PipelineSpec.load(path: overflow) }
+        #expect(e1?.message.contains("expected a mapping at the top level") == true, "\(String(describing: e1))")
+        let value = Self.root + "/pipeline/base60-value.yaml"
+        let e2 = #expect(throws: MambaKitError.self) { _ = try PipelineSpec.load(path: value) }
+        #expect(e2?.message == "'steps' must be an integer (got 1:30)" && e2?.location == value + ", line 4",
+                "\(String(describing: e2))")
+        let tagged = Self.root + "/pipeline/base60-tagged.yaml"
+        let e3 = #expect(throws: MambaKitError.self) { _ = try PipelineSpec.load(path: tagged) }
+        #expect(e3?.message.contains("base-60 numbers and dates are not pipeline values") == true && e3?.location == tagged + ", line 4",
+                "\(String(describing: e3))")
+    }
+
     /// pipeline/null-fragments.yaml: `data: { fragments: }` (a source key with no value) passed the one-source check,
     /// then a force unwrap of the missing `directories` trapped.
     @Test func pipelineNullDataSourceIsRefused() throws {

@@ -161,7 +161,7 @@ public struct PipelineSpec {
             throw MambaKitError(.format, "not UTF-8 text", at: path)
         }
         let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
+        do { node = try Yams.compose(yaml: text, pipelineResolver) } catch {
             throw MambaKitError(.format, "not valid YAML: \(error)", at: path)
         }
         // Aliases are copies of their anchors: 300 bytes of nested aliases make 10^8 nodes ("billion laughs").
@@ -276,6 +276,19 @@ public struct PipelineSpec {
     }
 }
 
+/// YAML 1.1's rules without base-60 numbers and timestamps: `7:7:33:…` read as a base-60 integer made Yams'
+/// conversion trap on overflow (found by the pipeline fuzzer), and no pipeline value is a time of day or a date. Such
+/// scalars stay strings, so a value like `steps: 1:30` is refused as "must be an integer (got 1:30)".
+private let pipelineResolver: Resolver = {
+    do {
+        let int = "^(?:[-+]?0b[0-1_]+|[-+]?0o?[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
+        let float = "^(?:[-+]?(?:[0-9][0-9_]*)(?:\\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\\.(?:inf|Inf|INF)|\\.(?:nan|NaN|NAN))$"
+        return try Resolver.default.removing(.timestamp).replacing(.int, with: int).replacing(.float, with: float)
+    } catch {
+        preconditionFailure("the pipeline YAML resolver's patterns do not compile: \(error)")
+    }
+}()
+
 /// Most YAML nodes a pipeline file may expand to; each committed pipeline has fewer than 100.
 private let maxYAMLNodes = 100_000
 
@@ -298,7 +311,16 @@ private func countNodes(_ node: Node, within budget: inout Int, path: String) th
         }
     case .sequence(let sequence):
         for element in sequence where !(try countNodes(element, within: &budget, path: path)) { return false }
-    case .scalar, .alias:
+    case .scalar(let scalar):
+        // `pipelineResolver` never reads a plain scalar as base 60 or as a date, but an explicit tag still can
+        // (`!!int 7:7:33:…`), and Yams' conversion traps on a base-60 number that overflows.
+        let tag = node.tag.description
+        if tag == "tag:yaml.org,2002:timestamp"
+            || ((tag == "tag:yaml.org,2002:int" || tag == "tag:yaml.org,2002:float") && scalar.string.contains(":")) {
+            throw MambaKitError(.format, "'\(scalar.string.prefix(40))' tagged \(tag): base-60 numbers and dates are not pipeline values",
+                                at: scalar.mark.map { "\(path), line \($0.line)" } ?? path)
+        }
+    case .alias:
         break
     }
     return true
