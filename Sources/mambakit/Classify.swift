@@ -50,6 +50,15 @@ struct AudioTokenizerOptions: ParsableArguments {
         return AudioTokenizer(quantizer: q, sampleRate: sampleRate)
     }
 
+    /// The tokenizer for new data whose first file is `file`: with no --sample-rate, the file's own rate (at most the
+    /// usual 16 kHz; resampling 8 kHz speech to 16 kHz doubles every sequence and adds nothing). Returns the file's rate.
+    func tokenizer(forDataStartingWith file: String) throws -> (AudioTokenizer, fileRate: Int) {
+        var t = try tokenizer()
+        let rate = try AudioFile.info(file).sampleRate
+        if sampleRate == nil { t.sampleRate = min(t.sampleRate, max(AudioFile.minSampleRate, rate)) }
+        return (t, rate)
+    }
+
     func changed(from saved: AudioTokenizer) throws -> [String] {
         let t = try tokenizer()
         var out: [String] = []
@@ -141,12 +150,11 @@ struct ClassifyTrain: ParsableCommand {
             case "fasta": s.tokenizer = .dna(try dna.tokenizer())
             case "audio":
                 var t = try audio.tokenizer()
-                // A new model from scratch takes the rate of the data (at most the usual 16 kHz): resampling 8 kHz
-                // speech to 16 kHz doubles every sequence and adds nothing.
+                // A new model from scratch takes the rate of the data.
                 if audio.sampleRate == nil && !resume && `init` == nil {
                     let file = try firstFile ?? DataKind.recognise(train).file
-                    let rate = try AudioFile.info(file).sampleRate
-                    t.sampleRate = min(t.sampleRate, max(AudioFile.minSampleRate, rate))
+                    let (chosen, rate) = try audio.tokenizer(forDataStartingWith: file)
+                    t = chosen
                     printErr("audio: \(t.sampleRate) Hz (the first file, \(file), is at \(rate) Hz; --sample-rate overrides)")
                 }
                 s.tokenizer = .audio(t)

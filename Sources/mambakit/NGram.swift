@@ -22,12 +22,9 @@ struct NGramBaseline: ParsableCommand {
             try Settings.check("ngram_order", order, .flags)
             guard let firstTrain = train.first, !data.isEmpty else { throw MambaKitError(.usage, "--train and --data each need at least one path") }
             let f = try DataFormat.parse(format)
-            var audioTokenizer = try audio.tokenizer()
-            if f == .audio && audio.sampleRate == nil {
-                // The data's own rate, as classify train and ngram's users compare at it (at most 16 kHz).
-                let first = try DataKind.recognise(firstTrain).file
-                audioTokenizer.sampleRate = min(audioTokenizer.sampleRate, max(AudioFile.minSampleRate, try AudioFile.info(first).sampleRate))
-            }
+            // Audio at the data's own rate, as classify train reads it.
+            let audioTokenizer = f == .audio ? try audio.tokenizer(forDataStartingWith: try DataKind.recognise(firstTrain).file).0
+                                             : try audio.tokenizer()
             let dnaTokenizer = try dna.tokenizer()
             func streams(_ paths: [String]) throws -> [[Int32]] {
                 let p = f == .audio ? try LanguageModelTask.expandPathsRecursively(paths) : paths
@@ -45,8 +42,7 @@ struct NGramBaseline: ParsableCommand {
             let model = try NGramModel(order: order, vocabulary: vocabulary)
             try model.fit(try streams(train))
             let (bits, tokens) = model.bitsPerToken(try streams(data))
-            let elapsed = clock.now - t0
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            let seconds = secs(clock.now - t0)
             guard bits.isFinite else { throw MambaKitError(.usage, "nothing to measure (every stream of --data is shorter than two tokens)", at: data.joined(separator: ", ")) }
             var o: [String: Any] = ["order": order, "bits_per_token": bits, "tokens": tokens, "format": f.rawValue,
                                     "discounts": model.discounts, "seconds": seconds]

@@ -51,7 +51,7 @@ public struct SoftmaxRegression: Sendable {
                     for j in 0..<F { s += p[c * F + j] * row[j] }
                     logits[c] = s
                 }
-                let mx = logits.max()!
+                let mx = logits.max() ?? 0
                 var sum = 0.0
                 for c in 0..<C { logits[c] = exp(logits[c] - mx); sum += logits[c] }
                 loss -= log(logits[label] / sum)
@@ -166,40 +166,49 @@ public enum LinearBaseline {
                            l2: Double = 1e-2) throws -> Report {
         let clock = ContinuousClock()
         let t0 = clock.now
-        let tokenizer: ModelTokenizer
         let describe: String
-        var count = 0
-        var featurize: (LabeledSequence) throws -> [Double]
+        let count: Int
+        /// The features and labels of one labelled set (the classes of `known`, when given).
+        let load: (String, String?, [String]?) throws -> (classes: [String], x: [[Double]], y: [Int])
         switch features {
         case let .kmers(k):
             let f = try KmerFeatures(k: k)
             let dna = DNATokenizer()
-            tokenizer = .dna(dna)
             describe = "\(k)-mer frequencies"
             count = f.count
-            featurize = { f(dna.decode($0.tokens)) }
+            load = { path, labels, known in
+                let ds = try ClassificationDataset.load(path, labels: labels, tokenizer: .dna(dna), classes: known)
+                return (ds.classes, ds.examples.map { f(dna.decode($0.tokens)) }, ds.examples.map(\.label))
+            }
         case let .spectrum(rate):
             try Settings.check("sample_rate", rate, .api("baseline"))
             let f = try SpectralFeatures(sampleRate: rate)
-            // The dataset's tokens are not used: the spectrum is taken of the samples themselves.
-            tokenizer = .audio(AudioTokenizer(quantizer: .linear, sampleRate: rate))
             describe = "log-mel spectrogram (\(f.frame)-sample Hann frames every \(f.hop), \(f.bands) mel bands, gain removed; \(f.segments) time segments, band means and deviations) at \(rate) Hz"
             count = f.count
-            featurize = { f(try AudioFile.readMono($0.id, sampleRate: rate)) }
+            // The spectrum is taken of the samples themselves, each file read once.
+            load = { path, labels, known in
+                if labels != nil { throw MambaKitError(.usage, "--labels is for a sequence file; audio data is one folder per class", at: path) }
+                let (classes, files) = try ClassificationDataset.audioFiles(directory: path, classes: known)
+                let x = try files.map { file -> [Double] in
+                    let samples = try AudioFile.readMono(file.path, sampleRate: rate)
+                    guard !samples.isEmpty else { throw MambaKitError(.format, "the file holds no samples", at: file.path) }
+                    return f(samples)
+                }
+                return (classes, x, files.map(\.label))
+            }
         }
-        let trainSet = try ClassificationDataset.load(train, labels: trainLabels, tokenizer: tokenizer)
-        let testSet = try ClassificationDataset.load(data, labels: labels, tokenizer: tokenizer, classes: trainSet.classes)
-        guard !testSet.examples.isEmpty else { throw MambaKitError(.usage, "no sequences to evaluate", at: data) }
+        let trainSet = try load(train, trainLabels, nil)
+        guard !trainSet.x.isEmpty else { throw MambaKitError(.usage, "no training sequences", at: train) }
+        let testSet = try load(data, labels, trainSet.classes)
+        guard !testSet.x.isEmpty else { throw MambaKitError(.usage, "no sequences to evaluate", at: data) }
         var model = SoftmaxRegression(classes: trainSet.classes.count, features: count)
-        try model.fit(try trainSet.examples.map(featurize), trainSet.examples.map(\.label), l2: l2)
-        let predictions = try testSet.examples.map { ex -> Int in
-            let p = model.probabilities(try featurize(ex))
+        try model.fit(trainSet.x, trainSet.y, l2: l2)
+        let predictions = testSet.x.map { row -> Int in
+            let p = model.probabilities(row)
             return p.indices.max { p[$0] < p[$1] } ?? 0
         }
-        let metrics = ClassificationMetrics(labels: testSet.examples.map(\.label), predictions: predictions,
-                                            classes: trainSet.classes.count)
+        let metrics = ClassificationMetrics(labels: testSet.y, predictions: predictions, classes: trainSet.classes.count)
         return Report(metrics: metrics, classes: trainSet.classes, features: describe, featureCount: count,
-                      trainExamples: trainSet.examples.count, iterations: model.iterations,
-                      seconds: seconds(clock.now - t0))
+                      trainExamples: trainSet.x.count, iterations: model.iterations, seconds: seconds(clock.now - t0))
     }
 }

@@ -233,8 +233,9 @@ extension ClassificationDataset {
     }
 
     /// One folder of audio files per class (class = folder name, sorted); every file is one example.
-    public static func loadAudio(directory dir: String, tokenizer: AudioTokenizer, classes known: [String]? = nil) throws
-        -> ClassificationDataset
+    /// The audio files of one-folder-per-class `dir`, each with its class index, without reading them.
+    public static func audioFiles(directory dir: String, classes known: [String]? = nil) throws
+        -> (classes: [String], files: [(path: String, label: Int)])
     {
         try requireDirectory(dir)
         let folders = try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") }.sorted()
@@ -252,14 +253,23 @@ extension ClassificationDataset {
             }
             classes = folders
         }
+        var files: [(path: String, label: Int)] = []
+        for c in folders {
+            guard let label = classes.firstIndex(of: c) else { continue }
+            for path in try audioFiles(dir + "/" + c) { files.append((path, label)) }
+        }
+        return (classes, files)
+    }
+
+    public static func loadAudio(directory dir: String, tokenizer: AudioTokenizer, classes known: [String]? = nil) throws
+        -> ClassificationDataset
+    {
+        let (classes, files) = try audioFiles(directory: dir, classes: known)
         var examples: [LabeledSequence] = []
         var fingerprint: [String] = []
-        for c in folders {
-            for path in try audioFiles(dir + "/" + c) {
-                examples.append(LabeledSequence(id: path, tokens: try audioTokens(path, tokenizer: tokenizer),
-                                                label: classes.firstIndex(of: c)!))
-                fingerprint.append("\(path):\(fileSize(path))")
-            }
+        for (path, label) in files {
+            examples.append(LabeledSequence(id: path, tokens: try audioTokens(path, tokenizer: tokenizer), label: label))
+            fingerprint.append("\(path):\(fileSize(path))")
         }
         return ClassificationDataset(classes: classes, examples: examples, fingerprint: fingerprint)
     }
