@@ -80,9 +80,7 @@ struct Train: ParsableCommand {
             let data = self.data.isEmpty ? file.trainData : self.data
             guard !data.isEmpty else { throw MambaKitError(.usage, "no --data given (and no data.train in --config)") }
             let model = try shape.modelSpec().merged(over: file.model)
-            if file.train.epochs != nil {
-                throw MambaKitError(.config, "train.epochs applies to classification; a language model samples random windows, so its budget is train.steps", at: file.epochsLocation)
-            }
+            try file.refuseEpochsForLanguageModel()
             let trainSpec = shape.trainSpec.merged(over: file.train)
             if resume { try refuseChangedTokenizer(out: out, dna: dna, audio: audio) }
             let progress = ProgressRenderer()

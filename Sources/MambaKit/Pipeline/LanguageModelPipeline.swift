@@ -11,9 +11,7 @@ public enum LanguageModelPipeline {
     /// Runs the pipeline; returns the summary written to `out/summary.json`.
     public static func run(_ spec: PipelineSpec, pipelinePath: String, out: String, resume: Bool,
                            events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
-        if spec.train.epochs != nil {
-            throw MambaKitError(.config, "train.epochs applies to classification; a language model samples random windows, so its budget is train.steps", at: spec.epochsLocation)
-        }
+        try spec.refuseEpochsForLanguageModel()
         guard !spec.trainData.isEmpty else { throw MambaKitError(.config, "data.train is empty", at: pipelinePath) }
         var summary: [String: Any] = ["name": spec.name, "pipeline": pipelinePath]
         if spec.variants.isEmpty {
@@ -42,9 +40,6 @@ public enum LanguageModelPipeline {
     /// One stack: train (or resume), evaluate, generate.
     static func runOne(_ spec: PipelineSpec, model: ModelSpec, out: String, resume: Bool,
                        events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
-        if spec.train.epochs != nil {
-            throw MambaKitError(.config, "train.epochs applies to classification; a language model samples random windows, so its budget is train.steps", at: spec.epochsLocation)
-        }
         events(.stage("training on \(spec.trainData.joined(separator: ", "))"))
         resetPeakMemory()
         var windows: [Double] = []

@@ -339,7 +339,7 @@ public enum LanguageModelTask {
             if format == .audio, case let .audio(a) = try ModelTokenizer(config: saved.config, at: out) { audio = a }
         }
         if trainSpec.epochs != nil {
-            throw MambaKitError(.usage, "epochs apply to classification; a language model samples random windows, so its budget is steps")
+            throw MambaKitError(.usage, PipelineSpec.epochsForLanguageModel)
         }
         var options = trainSpec.apply(to: baseOptions)
         options.valFraction = valFraction ?? (resume ? baseOptions.valFraction : 0.05)

@@ -27,6 +27,14 @@ public struct PipelineSpec {
     public var train = TrainSpec()
     /// Where `train.epochs` was given (the file and line), for the error when a language model gets it.
     public var epochsLocation: String?
+
+    static let epochsForLanguageModel =
+        "train.epochs applies to classification; a language model samples random windows, so its budget is train.steps"
+
+    /// A language model has no epochs: `train.epochs` in its pipeline or `--config` is an error naming the line.
+    public func refuseEpochsForLanguageModel() throws {
+        if train.epochs != nil { throw MambaKitError(.config, Self.epochsForLanguageModel, at: epochsLocation) }
+    }
     public var generate: GenerateSpec?
     public var threads: Int?
     /// `lm` (default): next-token training; `classify`: a sequence classifier (see `ClassifySpec`).
