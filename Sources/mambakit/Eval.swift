@@ -199,6 +199,14 @@ struct Inspect: ParsableCommand {
             switch c.modelType {
             case .mamba:
                 try say("shape        d_model \(c.hiddenSize), layers \(c.numHiddenLayers), d_inner \(c.intermediateSize), d_state \(c.stateSize), d_conv \(c.convKernel), dt_rank \(c.timeStepRank), vocab \(c.vocabSize)")
+            case .sashimi:
+                let plan = c.unetPlan!
+                try say("layout       sashimi (multi-scale: Mamba-1 stages joined by causal pools)")
+                for k in 0...plan.stages {
+                    let rate = plan.periods[k] == 1 ? "every token" : "every \(plan.periods[k]) tokens"
+                    try say("stage \(k)      width \(plan.widths[k]), \(plan.layers[k]) blocks, \(rate)\(k == plan.stages ? " (centre)" : ", pool \(plan.factors[k])")")
+                }
+                try say("shape        d_inner \(c.intermediateSize)·\(c.poolExpand)^k, d_state \(c.stateSize), d_conv \(c.convKernel), dt_rank \(c.timeStepRank)·\(c.poolExpand)^k, vocab \(c.vocabSize)")
             case .mamba2, .nemotronH:
                 try say("layout       \(c.modelType.rawValue)")
                 try say("stack        \(c.pattern) (\(c.numHiddenLayers) blocks: M Mamba-2, * attention, - MLP)")

@@ -22,6 +22,9 @@ struct ShapeAndScheduleOptions: ParsableArguments {
     @Option(name: .customLong("kv-heads"), help: "Attention KV heads (default half the heads).") var kvHeads: Int?
     @Option(name: .customLong("attn-head-dim"), help: "Attention head dim (default 64).") var attnHeadDim: Int?
     @Option(name: .customLong("mlp-width"), help: "MLP width (default 4·D).") var mlpWidth: Int?
+    @Option(help: "The multi-scale (SaShiMi) backbone: pooling factors, outer stage to centre, e.g. 4,4; --layers is then the Mamba-1 blocks per stage.")
+    var unet: String?
+    @Option(name: .customLong("pool-expand"), help: "With --unet: width multiplier per pooling (default 2).") var poolExpand: Int?
     @Option(help: "Peak learning rate (default 2e-3).") var lr: Double?
     @Option(help: "Linear warmup steps (default 100, capped at --steps).") var warmup: Int?
     @Option(help: "Random seed for initialisation and data order (default 0).") var seed: Int?
@@ -38,6 +41,7 @@ struct ShapeAndScheduleOptions: ParsableArguments {
         m.dModel = dModel; m.layers = layers; m.dState = dState; m.dConv = dConv; m.expand = expand
         m.mixer = try mixer.map(ModelSpec.mixer(named:)); m.pattern = pattern; m.headDim = headDim; m.groups = groups; m.chunkSize = chunkSize
         m.heads = heads; m.kvHeads = kvHeads; m.attnHeadDim = attnHeadDim; m.mlpWidth = mlpWidth
+        m.unet = try unet.map(ModelSpec.poolFactors); m.poolExpand = poolExpand
         return m
     }
 

@@ -29,18 +29,27 @@ public final class Generator {
         } }
         state.reset()
         // In chunks whose workspace stays within 256 MB, the state carried from one to the next: a long prompt
-        // costs time, not memory.
-        let chunk = min(L, Workspace.maxTokens(config: model.config, B: batch))
-        var ws = Workspace(config: model.config, B: batch, L: chunk, training: false)
+        // costs time, not memory. The multi-scale backbone's forward continues only from multiples of P: the last
+        // L mod P tokens are stepped.
+        let c = model.config
+        let whole = L / c.stateBoundary * c.stateBoundary
+        let chunk = c.chunkLength(min(max(whole, 1), Workspace.maxTokens(config: c, B: batch)))
+        var ws: Workspace? = nil
         var t0 = 0
-        while t0 < L {
-            let n = min(chunk, L - t0)
-            if n != ws.L { ws = Workspace(config: model.config, B: batch, L: n, training: false) }
+        while t0 < whole {
+            let n = min(chunk, whole - t0)
+            if n != ws?.L { ws = Workspace(config: c, B: batch, L: n, training: false) }
             let ids = prompts.flatMap { $0[t0..<(t0 + n)] }
-            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state, lastOnly: true) }
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws!, state: state, lastOnly: true) }
             t0 += n
         }
-        return Array(UnsafeBufferPointer(start: ws.logits.ptr, count: batch * V))
+        if t0 == L, let ws { return Array(UnsafeBufferPointer(start: ws.logits.ptr, count: batch * V)) }
+        var last: [Float] = []
+        while t0 < L {
+            last = Array(step(prompts.map { $0[t0] }))
+            t0 += 1
+        }
+        return last
     }
 
     /// Feeds one token per sequence; returns the next logits `(batch, V)` (a view valid until the next call).

@@ -91,6 +91,7 @@ public final class SequenceClassifier {
         for (i, s) in sequences.enumerated() where s.isEmpty {
             throw MambaKitError(.usage, "sequence \(i + 1) is empty: nothing to classify")
         }
+        let chunk = model.config.chunkLength(chunk)
         let forward = try logitsOneStrand(sequences, chunk: chunk, batchSize: batchSize)
         guard strand == .rcAverage else { return forward }
         guard let complement, complement.count == model.config.vocabSize else {
@@ -169,6 +170,7 @@ public final class SequenceClassifier {
             throw MambaKitError(.usage, "token \(bad) outside the model's vocabulary of \(V)")
         }
         let n = tokens.count
+        let chunk = c.chunkLength(chunk)
         var delta = [[Float]](repeating: [Float](repeating: 0, count: n), count: c.numHiddenLayers)
         var contrib: [[Float]]? = pooling == .mean ? [] : nil
         let state = RecurrentState(config: c, batch: 1)

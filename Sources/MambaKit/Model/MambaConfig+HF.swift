@@ -35,8 +35,9 @@ extension MambaConfig {
             case "mamba": try readMamba(f)
             case "mamba2": try readMamba2(f)
             case "nemotron_h": try readNemotronH(f)
+            case "sashimi": try readSashimi(f)
             case let t:
-                throw MambaKitError(.config, "model_type '\(t)' is not supported (expected mamba, mamba2 or nemotron_h)", at: path)
+                throw MambaKitError(.config, "model_type '\(t)' is not supported (expected mamba, mamba2, nemotron_h or sashimi)", at: path)
             }
         }
         if let mk = o["mambakit"] as? [String: Any] { mambakit = mk }
@@ -73,6 +74,19 @@ extension MambaConfig {
         if let act = try f.string("hidden_act"), act != "silu" {
             throw MambaKitError(.config, "hidden_act '\(act)' is not supported (expected silu)", at: f.path)
         }
+    }
+
+    /// MambaKit's multi-scale backbone: the `mamba` fields for the outer stage, plus `pool` (factors, outer to
+    /// centre), `pool_expand` and `stage_layers` (blocks per stage, outer first).
+    private mutating func readSashimi(_ f: ConfigFields) throws {
+        try readMamba(f)
+        modelType = .sashimi
+        guard let pool = try f.intList("pool"), let stages = try f.intList("stage_layers") else {
+            throw MambaKitError(.config, "a 'sashimi' config needs pool and stage_layers", at: f.path)
+        }
+        pooling = pool
+        stageLayers = stages
+        poolExpand = try f.int("pool_expand") ?? 2
     }
 
     private mutating func readMamba2(_ f: ConfigFields) throws {
@@ -250,6 +264,14 @@ extension MambaConfig {
             "dtype": "float32",
         ]
         switch modelType {
+        case .sashimi:
+            o.merge([
+                "model_type": "sashimi", "state_size": stateSize, "num_hidden_layers": numHiddenLayers,
+                "expand": expand == expand.rounded() ? Int(expand) as Any : expand,
+                "intermediate_size": intermediateSize, "time_step_rank": timeStepRank, "hidden_act": "silu",
+                "time_step_scale": timeStepScale, "time_step_init_scheme": timeStepInitScheme,
+                "pool": pooling, "pool_expand": poolExpand, "stage_layers": stageLayers,
+            ]) { $1 }
         case .mamba:
             o.merge([
                 "architectures": ["MambaForCausalLM"], "model_type": "mamba", "state_size": stateSize,
@@ -309,6 +331,20 @@ struct ConfigFields {
             return n.intValue
         }
         throw MambaKitError(.config, "'\(k)' must be an integer (got \(v))", at: path)
+    }
+
+    /// A list of at most 64 integers.
+    func intList(_ k: String) throws -> [Int]? {
+        guard let v = o[k], !(v is NSNull) else { return nil }
+        guard let a = v as? [Any], a.count <= 64 else {
+            throw MambaKitError(.config, "'\(k)' must be a list of at most 64 integers (got \(v))", at: path)
+        }
+        return try a.map { x in
+            guard let n = x as? NSNumber, !jsonIsBool(n), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 9e15 else {
+                throw MambaKitError(.config, "'\(k)' must be a list of integers (got \(v))", at: path)
+            }
+            return n.intValue
+        }
     }
 
     func positiveLayers(_ n: Int, _ key: String) throws {

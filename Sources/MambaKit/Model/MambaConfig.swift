@@ -10,6 +10,8 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
     public enum ModelType: String, Sendable {
         case mamba, mamba2
         case nemotronH = "nemotron_h"
+        /// MambaKit's multi-scale audio backbone (Mamba-1 blocks in SaShiMi's U-Net, `UNetPlan`); no HF class reads it.
+        case sashimi
     }
 
     public var modelType: ModelType = .mamba
@@ -58,6 +60,14 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
     // MLP blocks (nemotron_h: intermediate_size, mlp_bias).
     public var mlpWidth: Int = 1024
     public var mlpBias: Bool = false
+    // The multi-scale (SaShiMi) backbone, model_type "sashimi" (`UNetPlan`).
+    /// Pooling factors, outer stage to centre (`pool`); empty for a flat stack.
+    public var pooling: [Int] = []
+    /// Width multiplier at each pooling (`pool_expand`, SaShiMi's `expand`).
+    public var poolExpand: Int = 2
+    /// Blocks per stage, outer (full rate) stage first, centre last (`stage_layers`; pooling.count + 1 entries).
+    /// `layerKinds` lists them in the order they run: the centre's first, the outer stage's last.
+    public var stageLayers: [Int] = []
     public var tieWordEmbeddings: Bool = true
     public var residualInFp32: Bool = true
     // Initialisation (HF `MambaPreTrainedModel._init_weights`).
@@ -112,6 +122,7 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
             && a.intermediateSize == b.intermediateSize && a.timeStepRank == b.timeStepRank
             && a.useConvBias == b.useConvBias && a.useBias == b.useBias && a.layerNormEpsilon == b.layerNormEpsilon
             && a.tieWordEmbeddings == b.tieWordEmbeddings && a.classLabels == b.classLabels
+            && a.pooling == b.pooling && a.poolExpand == b.poolExpand && a.stageLayers == b.stageLayers
     }
 
     /// The class names of a sequence classifier, in label order (`mambakit.classes`); empty for a language model.
@@ -150,9 +161,27 @@ public struct MambaConfig: Equatable, @unchecked Sendable {
         try small("n_groups × state_size", nGroups * stateSize)
         try small("attention heads × head_dim", attentionHeads * attentionHeadDim)
         switch modelType {
-        case .mamba: try need(kinds == [.mamba1], "a 'mamba' model holds only Mamba-1 layers")
-        case .mamba2: try need(kinds == [.mamba2], "a 'mamba2' model holds only Mamba-2 layers")
+        case .sashimi:
+            try need(kinds == [.mamba1], "a 'sashimi' model holds only Mamba-1 layers")
+            try need(!pooling.isEmpty && pooling.count <= 4, "pool must list 1 to 4 pooling factors (got \(pooling.count))")
+            try need(pooling.allSatisfy { (2...64).contains($0) }, "every pooling factor must be in 2 ... 64 (got \(pooling))")
+            try need(pooling.reduce(1, *) <= 4096, "the pooling factors \(pooling) multiply to more than 4096")
+            try need((1...4).contains(poolExpand), "pool_expand must be in 1 ... 4 (got \(poolExpand))")
+            try need(stageLayers.count == pooling.count + 1,
+                     "stage_layers needs one count per stage, \(pooling.count + 1) for \(pooling.count) poolings (got \(stageLayers.count))")
+            try need(stageLayers.allSatisfy { (0...(1 << 12)).contains($0) }, "stage_layers must be in 0 ... 4096 (got \(stageLayers))")
+            try need(stageLayers.reduce(0, +) == numHiddenLayers,
+                     "stage_layers \(stageLayers) must add up to num_hidden_layers (\(numHiddenLayers))")
+            // Widths grow by pool_expand per stage, at most 4^4 = 256 times: checked against the size limit.
+            var w = hiddenSize, ed = intermediateSize, r = timeStepRank
+            for _ in pooling { w *= poolExpand; ed *= poolExpand; r *= poolExpand }
+            try small("the centre's width", w)
+            try small("the centre's intermediate size", ed)
+            try small("the centre's time_step_rank", r)
+        case .mamba: try need(kinds == [.mamba1] && pooling.isEmpty, "a 'mamba' model holds only Mamba-1 layers")
+        case .mamba2: try need(kinds == [.mamba2] && pooling.isEmpty, "a 'mamba2' model holds only Mamba-2 layers")
         case .nemotronH:
+            try need(pooling.isEmpty, "only a 'sashimi' model pools")
             try need(!kinds.contains(.mamba1), "a 'nemotron_h' model holds Mamba-2, attention and MLP layers, not Mamba-1")
         }
         if kinds.contains(.mamba1) || kinds.contains(.mamba2) {

@@ -30,6 +30,7 @@ extension MambaModel {
     /// `(B, L, channels)`), for tracing.
     public func forwardBackbone(ids: UnsafePointer<Int32>, ws: Workspace, state: RecurrentState? = nil,
                                 observe: ((_ layer: Int, _ values: UnsafePointer<Float>, _ channels: Int) -> Void)? = nil) {
+        if unet != nil { return forwardUNet(ids: ids, ws: ws, state: state, observe: observe) }
         let c = config
         let (B, L) = (ws.B, ws.L)
         let BL = B * L
@@ -89,6 +90,7 @@ extension MambaModel {
     public func backwardBackbone(ids: UnsafePointer<Int32>, ws: Workspace) {
         precondition(ws.training, "backward needs a training workspace")
         precondition(!ws.continuedState, "backward after a forward from a carried state is not supported")
+        if unet != nil { return backwardUNet(ws: ws) }
         let c = config
         let (B, L) = (ws.B, ws.L)
         let BL = B * L

@@ -22,6 +22,11 @@ public final class MambaModel {
     let embedView: TensorView
     let normFView: TensorView
     let headView: TensorView
+    /// The multi-scale plan (model_type "sashimi", `UNet.swift`) and its pools' weight and bias; nil and empty for a
+    /// flat stack.
+    public let unet: UNetPlan?
+    let downPools: [(w: TensorView, b: TensorView)]
+    let upPools: [(w: TensorView, b: TensorView)]
 
     /// The parameter layout of `config` (in the order HF's `named_parameters()` lists them) and its blocks: the
     /// embedding, then per layer its norm and its block's tensors, `norm_f`, an untied LM head, then the tensors of
@@ -31,7 +36,27 @@ public final class MambaModel {
         let (D, V) = (c.hiddenSize, c.vocabSize)
         lay.add("backbone.embeddings.weight", [V, D], decay: true)
         var blocks: [Block] = []
-        for i in 0..<c.numHiddenLayers {
+        if let plan = c.unetPlan {
+            // Down-pools, then the stages in the order they run (centre first), each after its up-pool.
+            let (H, P) = (plan.widths, plan.factors)
+            for k in 0..<plan.stages {
+                lay.add("backbone.down_pools.\(k).weight", [H[k + 1], P[k] * H[k]], decay: true)
+                lay.add("backbone.down_pools.\(k).bias", [H[k + 1]], decay: false)
+            }
+            for k in stride(from: plan.stages, through: 0, by: -1) {
+                if k < plan.stages {
+                    lay.add("backbone.up_pools.\(k).weight", [P[k] * H[k], H[k + 1]], decay: true)
+                    lay.add("backbone.up_pools.\(k).bias", [P[k] * H[k]], decay: false)
+                }
+                let sc = plan.stageConfig(c, k)
+                for j in 0..<plan.layers[k] {
+                    let i = plan.first[k] + j
+                    lay.add("backbone.layers.\(i).norm.weight", [H[k]], decay: false)
+                    blocks.append(Mamba1Block(config: sc, layer: i, layout: &lay))
+                }
+            }
+        }
+        for i in 0..<(c.unetPlan == nil ? c.numHiddenLayers : 0) {
             lay.add("backbone.layers.\(i).norm.weight", [D], decay: false)
             switch c.layerKinds[i] {
             case .mamba1: blocks.append(Mamba1Block(config: c, layer: i, layout: &lay))
@@ -64,6 +89,10 @@ public final class MambaModel {
         embedView = v("backbone.embeddings.weight")
         normFView = v("backbone.norm_f.weight")
         headView = config.tieWordEmbeddings ? embedView : v("lm_head.weight")
+        unet = config.unetPlan
+        let S = unet?.stages ?? 0
+        downPools = (0..<S).map { (v("backbone.down_pools.\($0).weight"), v("backbone.down_pools.\($0).bias")) }
+        upPools = (0..<S).map { (v("backbone.up_pools.\($0).weight"), v("backbone.up_pools.\($0).bias")) }
     }
 
     /// A randomly initialised model (HF `MambaPreTrainedModel._init_weights`, see `initialize`).
@@ -83,6 +112,12 @@ public final class MambaModel {
         for (norm, block) in zip(layerNorms, blocks) {
             params.fill(norm, 1)
             block.initialize(params, rng: &rng)
+        }
+        // The pools as PyTorch's nn.Linear: weight and bias U(±1/√fan_in).
+        for (w, b) in downPools + upPools {
+            let bound = 1 / Double(w.shape[1]).squareRoot()
+            params.fillUniform(w, bound: bound, rng: &rng)
+            params.fillUniform(b, bound: bound, rng: &rng)
         }
         params.fill(normFView, 1)
         if !c.tieWordEmbeddings { params.fillNormal(headView, std: std, rng: &rng) }

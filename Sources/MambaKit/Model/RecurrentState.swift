@@ -5,15 +5,19 @@
 public final class RecurrentState {
     public let batch: Int
     public let layers: [BlockState]
+    /// The multi-scale backbone's pools (`UNet.swift`); nil for a flat stack.
+    public let pools: PoolStates?
 
     public init(model: MambaModel, batch: Int) {
         self.batch = batch
         layers = model.blocks.map { $0.makeState(batch: batch) }
+        pools = model.unet.map { PoolStates(plan: $0, batch: batch) }
     }
 
     public init(config c: MambaConfig, batch: Int) {
         self.batch = batch
         layers = MambaModel.build(c).blocks.map { $0.makeState(batch: batch) }
+        pools = c.unetPlan.map { PoolStates(plan: $0, batch: batch) }
     }
 
     /// Mamba-1 layers' conv states `(B, K−1, ED)`, in layer order.
@@ -21,8 +25,11 @@ public final class RecurrentState {
     /// Mamba-1 layers' SSM states `(B, N, ED)`, in layer order.
     public var ssm: [FloatBuffer] { layers.compactMap { ($0 as? Mamba1Block.State)?.ssm } }
 
-    public func reset() { for s in layers { s.reset() } }
+    public func reset() {
+        for s in layers { s.reset() }
+        pools?.reset()
+    }
 
     /// Bytes held, for the memory report of generation.
-    public var bytes: Int { layers.reduce(0) { $0 + $1.bytes } }
+    public var bytes: Int { layers.reduce(pools?.bytes ?? 0) { $0 + $1.bytes } }
 }

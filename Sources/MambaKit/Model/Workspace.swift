@@ -26,6 +26,8 @@ public final class Workspace {
     public var dHidden: UnsafeMutablePointer<Float> { dnormed.ptr }
     // Backward scratch (training only): ∂loss/∂residual stream and ∂loss/∂normed input.
     let dresid, dnormed: FloatBuffer
+    /// The multi-scale backbone's pools, skips and padded ids.
+    let unet: UNetBuffers?
 
     /// Without `lmHead` there is no logits buffer (`B·L·V` floats): for heads that read `normF` (classification).
     public convenience init(config c: MambaConfig, B: Int, L: Int, training: Bool, lmHead: Bool = true) {
@@ -34,34 +36,48 @@ public final class Workspace {
 
     init(config c: MambaConfig, blocks: [Block], B: Int, L: Int, training: Bool, lmHead: Bool = true) {
         self.B = B; self.L = L; self.training = training; self.c = c
-        let BL = B * L
         let (D, V) = (c.hiddenSize, c.vocabSize)
-        let kept = training ? blocks.count : 1
-        resid = (0..<kept).map { _ in FloatBuffer(count: BL * D) }
-        rstd = (0..<kept).map { _ in FloatBuffer(count: BL) }
+        // The multi-scale backbone runs on the padded length; layer l of stage k on (B, Lp / periods[k], widths[k]).
+        let plan = c.unetPlan
+        let Lp = plan?.padded(L) ?? L
+        let BL = B * Lp
+        func tokens(_ l: Int) -> Int { plan.map { Lp / $0.periods[$0.stageOf[l]] } ?? L }
+        func width(_ l: Int) -> Int { plan.map { $0.widths[$0.stageOf[l]] } ?? D }
+        let most = plan.map { p in (0...p.stages).map { BL / p.periods[$0] * p.widths[$0] }.max()! } ?? BL * D
+        unet = plan.map { UNetBuffers(plan: $0, B: B, L: L, training: training) }
+        if training {
+            resid = blocks.indices.map { FloatBuffer(count: B * tokens($0) * width($0)) }
+            rstd = blocks.indices.map { FloatBuffer(count: B * tokens($0)) }
+        } else {
+            // One shared stream (the multi-scale backbone keeps one per stage in `unet`).
+            resid = [FloatBuffer(count: plan == nil ? BL * D : 0)]
+            rstd = [FloatBuffer(count: BL)]
+        }
         var sharedActs: [String: BlockActivations] = [:], sharedScratch: [String: BlockScratch] = [:]
         var a: [BlockActivations] = [], s: [BlockScratch] = []
-        for blk in blocks {
+        for (l, blk) in blocks.enumerated() {
+            // Blocks of one stage share a length; the key names it.
+            let key = "\(tokens(l)) \(blk.shareKey)"
             if training {
-                a.append(blk.makeActivations(B: B, L: L, training: true))
+                a.append(blk.makeActivations(B: B, L: tokens(l), training: true))
             } else {
-                if sharedActs[blk.shareKey] == nil { sharedActs[blk.shareKey] = blk.makeActivations(B: B, L: L, training: false) }
-                a.append(sharedActs[blk.shareKey]!)
+                if sharedActs[key] == nil { sharedActs[key] = blk.makeActivations(B: B, L: tokens(l), training: false) }
+                a.append(sharedActs[key]!)
             }
-            if sharedScratch[blk.shareKey] == nil { sharedScratch[blk.shareKey] = blk.makeScratch(B: B, L: L, training: training) }
-            s.append(sharedScratch[blk.shareKey]!)
+            if sharedScratch[key] == nil { sharedScratch[key] = blk.makeScratch(B: B, L: tokens(l), training: training) }
+            s.append(sharedScratch[key]!)
         }
         acts = a
         scratch = s
-        normed = FloatBuffer(count: BL * D)
-        mixOut = FloatBuffer(count: training ? 0 : BL * D)
+        normed = FloatBuffer(count: most)
+        mixOut = FloatBuffer(count: training && plan == nil ? 0 : most)
         residF = FloatBuffer(count: BL * D)
         rstdF = FloatBuffer(count: BL)
         normF = FloatBuffer(count: BL * D)
-        logits = FloatBuffer(count: lmHead ? BL * V : 0)
-        let t = training ? BL : 0
-        dresid = FloatBuffer(count: t * D)
-        dnormed = FloatBuffer(count: t * D)
+        logits = FloatBuffer(count: lmHead ? B * L * V : 0)
+        let t = training ? most : 0
+        dresid = FloatBuffer(count: t)
+        dnormed = FloatBuffer(count: t)
     }
 
     /// About how many bytes a workspace for `(B, L)` would hold, found without allocating it: each distinct block
@@ -73,7 +89,8 @@ public final class Workspace {
     public static func estimatedBytes(config c: MambaConfig, B: Int, L: Int, training: Bool,
                                       lmHead: Bool = true) -> Int {
         let blocks = MambaModel.build(c).blocks
-        let l1 = max(1, min(c.chunkSize, 64)), l2 = 2 * l1
+        // (Multiples of P for the multi-scale backbone, which pads to them.)
+        let l1 = c.unetPlan?.padded(max(1, min(c.chunkSize, 64))) ?? max(1, min(c.chunkSize, 64)), l2 = 2 * l1
         // Per token and fixed floats of everything but the per-layer residuals: the blocks (activations per block
         // when training, else shared by shareKey; scratch shared by shareKey) and the backbone's own buffers.
         func floats(_ L: Int) -> Int {
@@ -119,6 +136,7 @@ public final class Workspace {
         for x in acts where seen.insert(ObjectIdentifier(x)).inserted { n += x.floats }
         for x in scratch where seen.insert(ObjectIdentifier(x)).inserted { n += x.floats }
         n += [normed, mixOut, residF, rstdF, normF, logits, dresid, dnormed].reduce(0) { $0 + $1.count }
+        n += unet?.floats ?? 0
         return n * 4
     }
 }

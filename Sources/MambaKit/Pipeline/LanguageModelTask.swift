@@ -35,6 +35,12 @@ public struct ModelSpec: Equatable, Sendable {
     public var attnHeadDim: Int?
     /// MLP width (default 4·D).
     public var mlpWidth: Int?
+    /// The multi-scale backbone (`--unet 4,4`): pooling factors, outer to centre; `layers` is then the blocks per
+    /// stage. `poolExpand`: the width multiplier per pooling (default 2).
+    public var unet: [Int]?
+    public var poolExpand: Int?
+    /// Blocks per stage when they differ (read from a model).
+    var stageLayers: [Int]?
     /// The model this spec was read from: `config` gives it back unchanged unless a field was changed since.
     var source: MambaConfig?
     public init() {}
@@ -47,6 +53,10 @@ public struct ModelSpec: Equatable, Sendable {
         switch c.modelType {
         case .mamba:
             expand = c.expand; dtRank = c.timeStepRank; mixer = .mamba1
+        case .sashimi:
+            expand = c.expand; dtRank = c.timeStepRank; mixer = .mamba1
+            unet = c.pooling; poolExpand = c.poolExpand; stageLayers = c.stageLayers; pattern = nil
+            layers = Set(c.stageLayers).count == 1 ? c.stageLayers[0] : nil
         case .mamba2, .nemotronH:
             expand = Double(c.ssmInner) / Double(c.hiddenSize)
             mixer = c.modelType == .mamba2 ? .mamba2 : nil
@@ -61,6 +71,18 @@ public struct ModelSpec: Equatable, Sendable {
             && a.expand == b.expand && a.dtRank == b.dtRank && a.tie == b.tie && a.mixer == b.mixer
             && a.pattern == b.pattern && a.headDim == b.headDim && a.groups == b.groups && a.chunkSize == b.chunkSize
             && a.heads == b.heads && a.kvHeads == b.kvHeads && a.attnHeadDim == b.attnHeadDim && a.mlpWidth == b.mlpWidth
+            && a.unet == b.unet && a.poolExpand == b.poolExpand && a.stageLayers == b.stageLayers
+    }
+
+    /// `--unet` / `model.unet`: pooling factors as "4,4".
+    public static func poolFactors(_ text: String) throws -> [Int] {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let factors = parts.map { Int($0) }
+        guard !parts.isEmpty, parts.count <= 4, factors.allSatisfy({ $0 != nil && (2...64).contains($0!) }),
+              factors.reduce(1, { $0 * $1! }) <= 4096 else {
+            throw MambaKitError(.usage, "--unet '\(text)' must be 1 to 4 pooling factors in 2 ... 64, separated by commas, multiplying to at most 4096 (e.g. 4,4)")
+        }
+        return factors.map { $0! }
     }
 
     /// The command-line name of the first field set that shapes the stack, if any.
@@ -70,7 +92,8 @@ public struct ModelSpec: Equatable, Sendable {
             ("--d-conv", dConv != nil), ("--expand", expand != nil), ("--mixer", mixer != nil),
             ("--pattern", pattern != nil), ("--head-dim", headDim != nil), ("--groups", groups != nil),
             ("--chunk-size", chunkSize != nil), ("--heads", heads != nil), ("--kv-heads", kvHeads != nil),
-            ("--attn-head-dim", attnHeadDim != nil), ("--mlp-width", mlpWidth != nil),
+            ("--attn-head-dim", attnHeadDim != nil), ("--mlp-width", mlpWidth != nil), ("--unet", unet != nil),
+            ("--pool-expand", poolExpand != nil),
         ]
         return fields.first { $0.1 }?.0
     }
@@ -97,6 +120,9 @@ public struct ModelSpec: Equatable, Sendable {
         m.kvHeads = kvHeads ?? other.kvHeads
         m.attnHeadDim = attnHeadDim ?? other.attnHeadDim
         m.mlpWidth = mlpWidth ?? other.mlpWidth
+        m.unet = unet ?? other.unet
+        m.poolExpand = poolExpand ?? other.poolExpand
+        m.stageLayers = layers == nil && unet == nil ? other.stageLayers : nil
         m.source = other.source
         return m
     }
@@ -149,6 +175,28 @@ public struct ModelSpec: Equatable, Sendable {
         }
         if let expand, !(expand.isFinite && expand > 0) {
             throw MambaKitError(.usage, "--expand must be a positive number (got \(expand))")
+        }
+        if unet == nil, poolExpand != nil { throw MambaKitError(.usage, "--pool-expand needs --unet") }
+        if let unet {
+            // The multi-scale backbone: Mamba-1 blocks, `layers` per stage.
+            guard Set(kinds) == [.mamba1] else {
+                throw MambaKitError(.usage, "--unet builds Mamba-1 stages; --mixer mamba2 or a --pattern of other blocks does not apply")
+            }
+            if let poolExpand, !(1...4).contains(poolExpand) {
+                throw MambaKitError(.usage, "--pool-expand must be in 1 ... 4 (got \(poolExpand))")
+            }
+            let perStage = pattern != nil ? kinds.count : (layers ?? 4)
+            guard perStage <= 4096 else { throw MambaKitError(.usage, "--layers \(perStage) per stage is more than 4096") }
+            let stages = stageLayers ?? Array(repeating: perStage, count: unet.count + 1)
+            var c = MambaConfig(vocabSize: vocabSize, dModel: D, layers: stages.reduce(0, +), dState: dState ?? 16,
+                                dConv: dConv ?? 4, expand: expand ?? 2, dtRank: dtRank, tie: tie ?? true)
+            c.modelType = .sashimi
+            c.pooling = try Self.poolFactors(unet.map(String.init).joined(separator: ","))
+            c.poolExpand = poolExpand ?? 2
+            c.stageLayers = stages
+            guard c.intermediateSize > 0 else { throw MambaKitError(.usage, "d_model × expand must be at least 1") }
+            do { try c.validate() } catch let e as MambaKitError { throw MambaKitError(.usage, e.message) }
+            return c
         }
         if Set(kinds) == [.mamba1] {
             let c = MambaConfig(vocabSize: vocabSize, dModel: D, layers: kinds.count, dState: dState ?? 16,

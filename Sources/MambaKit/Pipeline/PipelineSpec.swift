@@ -133,7 +133,7 @@ public struct PipelineSpec {
         var spec = ModelSpec()
         try r.allow(m, ["d_model", "layers", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings", "mixer",
                         "pattern", "head_dim", "groups", "chunk_size", "heads", "kv_heads", "attn_head_dim",
-                        "mlp_width"], in: section)
+                        "mlp_width", "unet", "pool_expand"], in: section)
         spec.dModel = try r.int(m, "d_model")
         spec.layers = try r.int(m, "layers")
         spec.dState = try r.int(m, "d_state")
@@ -160,6 +160,13 @@ public struct PipelineSpec {
         spec.kvHeads = try r.int(m, "kv_heads")
         spec.attnHeadDim = try r.int(m, "attn_head_dim")
         spec.mlpWidth = try r.int(m, "mlp_width")
+        // `unet: 4` reads as a number, `unet: 4,4` as text.
+        if let unet = try (m["unet"] as? Int).map(String.init) ?? r.string(m, "unet") {
+            do { spec.unet = try ModelSpec.poolFactors(unet) } catch let e as MambaKitError {
+                throw MambaKitError(.config, "\(section).unet: " + e.message, at: r.path)
+            }
+        }
+        spec.poolExpand = try r.int(m, "pool_expand")
         return spec
     }
 

@@ -17,7 +17,8 @@ public enum Evaluator {
         let c = model.config
         // A chunk's workspace (its logits are chunk × vocabulary floats) stays within 256 MB: longer chunks are
         // split, which the carried state makes the same computation.
-        let chunk = min(max(1, chunk), Workspace.maxTokens(config: c, B: 1))
+        // (A multiple of P for the multi-scale backbone, whose state continues only from one.)
+        let chunk = c.chunkLength(min(max(1, chunk), Workspace.maxTokens(config: c, B: 1)))
         let state = RecurrentState(config: c, batch: 1)
         var wsFull: Workspace? = nil
         var pending = try read(chunk + 1)
