@@ -38,7 +38,7 @@ struct DNATokenizerOptions: ParsableArguments {
 struct AudioTokenizerOptions: ParsableArguments {
     @Option(name: .customLong("sample-rate"), help: "Audio: the model's sample rate; files are resampled to it (default 16000).")
     var sampleRate: Int?
-    @Option(help: "Audio: 8-bit quantiser, mulaw (default), sashimi (per-clip min-max, then mu-law) or linear.")
+    @Option(help: "Audio: 8-bit quantiser, mulaw (default), normalized (per-clip mean removed and peak scaled to 1, then mu-law; the default of new audio classifiers), sashimi (per-clip min-max, then mu-law) or linear.")
     var quantizer: String?
 
     func tokenizer() throws -> AudioTokenizer {
@@ -103,6 +103,9 @@ struct ClassifyTrain: ParsableCommand {
     @Option(help: "Pooling over positions: mean (default) or last.") var pooling: String = "mean"
     @Option(help: "Strand strategy at inference: none (default) or rc-average.") var strand: String = "none"
     @Flag(inversion: .prefixedNo, help: "Reverse-complement augmentation in training (default on).") var rcAugment = true
+    @Flag(name: .customLong("audio-augment"), inversion: .prefixedNo,
+          help: "Audio: speed (±10 %), gain (±6 dB) and shift (±50 ms) augmentation in training (default on).")
+    var audioAugment = true
     @Option(name: .customLong("class-weights"), help: "Loss weights: none (default), balanced, or one number per class in class order.") var classWeights: String = "none"
     @Option(help: "Passes over the training sequences (default: sized to the data, up to \(ClassificationTask.Budget.defaultEpochs) epochs and \(ClassificationTask.Budget.maxAutomaticSteps) steps, a validation every epoch, early stopping); instead of --steps.")
     var epochs: Int?
@@ -134,6 +137,7 @@ struct ClassifyTrain: ParsableCommand {
             s.pooling = p
             s.strand = st
             s.rcAugment = rcAugment
+            s.audioAugment = audioAugment
             s.classWeights = classWeights
             var format = self.format
             var firstFile: String? = nil
@@ -157,6 +161,9 @@ struct ClassifyTrain: ParsableCommand {
                     t = chosen
                     printErr("audio: \(t.sampleRate) Hz (the first file, \(file), is at \(rate) Hz; --sample-rate overrides)")
                 }
+                // A new classifier normalises each clip (mean and peak) before mu-law, which is what carries over to
+                // a voice never heard in training (BENCHMARKS.md).
+                if audio.quantizer == nil && !resume && `init` == nil { t.quantizer = .normalized }
                 s.tokenizer = .audio(t)
             default: throw MambaKitError(.usage, "--format '\(format ?? "")' is not one of fasta, audio")
             }

@@ -25,6 +25,8 @@ struct ShapeAndScheduleOptions: ParsableArguments {
     @Option(help: "The multi-scale (SaShiMi) backbone: pooling factors, outer stage to centre, e.g. 4,4; --layers is then the Mamba-1 blocks per stage.")
     var unet: String?
     @Option(name: .customLong("pool-expand"), help: "With --unet: width multiplier per pooling (default 2).") var poolExpand: Int?
+    @Option(name: .customLong("stage-layers"), help: "With --unet: blocks per stage, outer stage first, e.g. 0,2,2 (default --layers in each).")
+    var stageLayers: String?
     @Option(help: "Peak learning rate (default 2e-3).") var lr: Double?
     @Option(help: "Linear warmup steps (default 100, capped at --steps).") var warmup: Int?
     @Option(help: "Random seed for initialisation and data order (default 0).") var seed: Int?
@@ -42,6 +44,7 @@ struct ShapeAndScheduleOptions: ParsableArguments {
         m.mixer = try mixer.map(ModelSpec.mixer(named:)); m.pattern = pattern; m.headDim = headDim; m.groups = groups; m.chunkSize = chunkSize
         m.heads = heads; m.kvHeads = kvHeads; m.attnHeadDim = attnHeadDim; m.mlpWidth = mlpWidth
         m.unet = try unet.map(ModelSpec.poolFactors); m.poolExpand = poolExpand
+        m.stageLayers = try stageLayers.map(ModelSpec.stageCounts)
         return m
     }
 

@@ -159,7 +159,9 @@ private func uniform(_ rng: inout RNG, _ a: Float, _ b: Float) -> Float {
                     #expect(AudioTokenizer.token(v, q) == r, "\(q): table vs formula at \(v)")
                     previous = r
                 }
-                if q == .sashimi { continue }  // its encode scales the clip first: see sashimiIslandIsReproduced
+                // SaShiMi and normalized encode scale the clip first: see sashimiIslandIsReproduced and
+                // normalizedRemovesOffsetAndLevel.
+                if q == .sashimi || q == .normalized { continue }
                 let tok = AudioTokenizer(quantizer: q)
                 // In Float (what `encode` takes): the first Float at or above the boundary, and the one below it.
                 let f = floatCeil(t[k])
@@ -371,6 +373,26 @@ private func uniform(_ rng: inout RNG, _ a: Float, _ b: Float) -> Float {
         }
     }
 
+    /// `normalized` is mu-law of the clip with its mean removed and its peak scaled to 1: an offset and a gain give
+    /// the same tokens, a silent clip is all 128, and the tokens are mu-law's of the normalised samples.
+    @Test func normalizedRemovesOffsetAndLevel() {
+        let tok = AudioTokenizer(quantizer: .normalized)
+        var rng = RNG(seed: 5)
+        let x: [Float] = (0..<4000).map { i in Float(0.3 * sin(Double(i) * 0.05) + 0.05 * rng.normal()) }
+        let t = tok.encode(x)
+        #expect(t == tok.encodeReference(x))
+        let shifted = x.map { 0.25 * $0 - 0.007 }
+        let ts = tok.encode(shifted)
+        // Equal but for samples that fall within rounding of a bin boundary.
+        #expect(zip(t, ts).filter { abs($0 - $1) > 1 }.isEmpty && zip(t, ts).filter { $0 != $1 }.count < 8)
+        let mean = x.reduce(0.0) { $0 + Double($1) } / Double(x.count)
+        let peak = x.reduce(0.0) { max($0, abs(Double($1) - mean)) }
+        #expect(t == AudioTokenizer(quantizer: .mulaw).encode(x.map { Float((Double($0) - mean) / peak) }))
+        #expect(t.contains(255) || t.contains(0))
+        #expect(tok.encode([Float](repeating: 0.01, count: 100)) == [Int32](repeating: 128, count: 100))
+        #expect(tok.encode([]) == [])
+    }
+
     // MARK: Decoding
 
     @Test func decodeMatchesReferenceAndHandlesBadIDs() {
@@ -383,7 +405,7 @@ private func uniform(_ rng: inout RNG, _ a: Float, _ b: Float) -> Float {
             #expect(zip(levels, levels.dropFirst()).allSatisfy { $0 < $1 }, "\(q) levels increase")
             #expect(levels.allSatisfy { $0 >= -1 && $0 <= 1 })
             // Every level encodes back to its own token (mu-law and linear; SaShiMi rescales the clip).
-            if q != .sashimi { #expect(tok.encode(levels) == all, "\(q) encode(decode(q)) == q") }
+            if q != .sashimi && q != .normalized { #expect(tok.encode(levels) == all, "\(q) encode(decode(q)) == q") }
             // Ids outside the vocabulary decode as the silence token.
             #expect(tok.decode([-1, 256, .max, .min]) == [Float](repeating: levels[128], count: 4))
         }
@@ -422,7 +444,7 @@ private func uniform(_ rng: inout RNG, _ a: Float, _ b: Float) -> Float {
         let jsonTrue = try JSONSerialization.jsonObject(with: Data(#"{"v": true}"#.utf8)) as! [String: Any]
         let cases: [([String: Any], String)] = [
             (with("quantizer", nil), "'quantizer' is missing"),
-            (with("quantizer", "mu-law"), "'quantizer' is mu-law (expected one of mulaw, sashimi, linear)"),
+            (with("quantizer", "mu-law"), "'quantizer' is mu-law (expected one of mulaw, sashimi, linear, normalized)"),
             (with("quantizer", 8), "'quantizer' is 8"),
             (with("sample_rate", nil), "'sample_rate' is missing"),
             (with("sample_rate", 0), "sample_rate must be an integer from 1000 to 384000 (got 0)"),

@@ -218,4 +218,54 @@ import MambaKit
         #expect(throws: MambaKitError.self) { _ = try ModelSpec.poolFactors("64,64,2") }
         #expect(try ModelSpec.poolFactors("4, 4") == [4, 4])
     }
+
+    /// The command line end to end on real speech: train with --unet, resume, evaluate in chunks of several sizes
+    /// (equal losses), generate, inspect; a classifier too; bad --unet values get clear errors.
+    @Test func commandLine() throws {
+        let tmp = TempDir()
+        let out = tmp.file("lm")
+        let shape = ["--format", "audio", "--sample-rate", "8000", "--unet", "4,4", "--d-model", "16", "--layers", "1",
+                     "--seq-len", "512", "--batch-size", "2", "--log-every", "2", "--eval-every", "6"]
+        let train = try CLI.run(["train", "--data", "samples/audio/fsdd/train/3", "--out", out, "--steps", "6"] + shape)
+        #expect(train.status == 0, "\(train.stderr)")
+        let resumed = try CLI.run(["train", "--data", "samples/audio/fsdd/train/3", "--format", "audio", "--out", out,
+                                   "--steps", "8", "--resume"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        let model = try MambaModel.load(directory: out)
+        #expect(model.config.modelType == .sashimi && model.config.pooling == [4, 4] && model.config.stageLayers == [1, 1, 1])
+        var losses: [Double] = []
+        for chunk in ["4096", "1000", "333"] {
+            let eval = try CLI.run(["eval", "--model", out, "--data", "samples/audio/fsdd/test/3", "--json", "--chunk", chunk])
+            #expect(eval.status == 0, "\(eval.stderr)")
+            losses.append((try JSONSerialization.jsonObject(with: eval.stdout) as! [String: Any])["loss"] as! Double)
+        }
+        #expect(losses.allSatisfy { abs($0 - losses[0]) < 1e-5 * losses[0] }, "chunked eval: \(losses)")
+        let wav = tmp.file("gen.wav")
+        let gen = try CLI.run(["generate", "--model", out, "--seconds", "0.05", "--output", wav,
+                               "--prompt-audio", "samples/audio/fsdd/test/3/3_nicolas_0.wav"])
+        #expect(gen.status == 0, "\(gen.stderr)")
+        #expect(try AudioFile.readMono(wav, sampleRate: 8000).count == 400)
+        let inspect = try CLI.run(["inspect", "--model", out])
+        #expect(inspect.status == 0 && inspect.out.contains("sashimi") && inspect.out.contains("every 16 tokens"), "\(inspect.out)")
+
+        let cls = tmp.file("cls")
+        let ct = try CLI.run(["classify", "train", "--train", "samples/audio/fsdd/train", "--out", cls, "--steps", "4",
+                              "--unet", "4", "--stage-layers", "0,1", "--d-model", "16", "--seq-len", "800",
+                              "--batch-size", "4"])
+        #expect(ct.status == 0, "\(ct.stderr)")
+        #expect(try MambaModel.load(directory: cls).config.stageLayers == [0, 1])
+        let ce = try CLI.run(["classify", "eval", "--model", cls, "--data", "samples/audio/fsdd/test", "--json"])
+        #expect(ce.status == 0, "\(ce.stderr)")
+
+        for (args, message) in [(["--unet", "4,x"], "--unet '4,x'"), (["--unet", "1"], "--unet '1'"),
+                                (["--pool-expand", "2"], "--pool-expand needs --unet"),
+                                (["--unet", "4", "--mixer", "mamba2"], "Mamba-1 stages"),
+                                (["--stage-layers", "1,1"], "--stage-layers needs --unet"),
+                                (["--unet", "4", "--stage-layers", "1,1,1"], "--stage-layers needs 2 counts"),
+                                (["--unet", "4", "--stage-layers", "0,0"], "at least one block")] {
+            let r = try CLI.run(["train", "--data", "samples/audio/fsdd/train/3", "--format", "audio", "--out",
+                                 tmp.file("bad"), "--steps", "1"] + args)
+            #expect(r.status != 0 && r.stderr.contains("error: ") && r.stderr.contains(message), "\(args): \(r.stderr)")
+        }
+    }
 }

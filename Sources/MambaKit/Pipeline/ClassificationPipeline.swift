@@ -9,7 +9,7 @@ import Foundation
 ///       shuffled_control: { positives: promoters.fa.gz, count: 1000, fractions: [0.8, 0.1, 0.1], seed: 1,
 ///                           positive_class: promoter, negative_class: shuffled }
 ///       directories: { train: DIR, val: DIR, test: DIR }
-///     classify: { pooling: mean, strand: rc-average, rc_augment: true, class_weights: none,
+///     classify: { pooling: mean, strand: rc-average, rc_augment: true, audio_augment: true, baseline: false, class_weights: none,
 ///                 vocabulary: bytes, case: upper, iupac: keep, val_fraction: 0.1 }
 ///     pretrain: { data: [genome.fa.gz], steps: 300, seq_len: 1024, batch_size: 8, lr: 2e-3, compare_scratch: true }
 ///     model: {...}   train: {...}              # as for language models; `train` drives the classifier
@@ -34,6 +34,10 @@ public struct ClassifySpec {
     public var pooling = Pooling.mean
     public var strand = StrandStrategy.none
     public var rcAugment = true
+    public var audioAugment = true
+    /// Also fit the linear baseline (`classify baseline`: 5-mer frequencies for DNA, the log-mel summary for audio)
+    /// on each variant's training set and measure it on the same test set.
+    public var baseline = false
     public var classWeights = "none"
     public var tokenizer = ModelTokenizer.dna(DNATokenizer())
     public var valFraction = 0.1
@@ -122,7 +126,7 @@ public struct ClassifySpec {
             data = .directories(train: t, val: try r.string(m, "val"), test: try r.string(m, "test"))
         }
         if let c = try r.map(o, "classify") {
-            try r.allow(c, ["pooling", "strand", "rc_augment", "class_weights", "vocabulary", "case", "iupac", "val_fraction",
+            try r.allow(c, ["pooling", "strand", "rc_augment", "audio_augment", "baseline", "class_weights", "vocabulary", "case", "iupac", "val_fraction",
                             "format", "sample_rate", "quantizer"], in: "classify")
             if let p = try r.string(c, "pooling") {
                 guard let v = Pooling(rawValue: p) else { throw MambaKitError(.config, "classify.pooling '\(p)' is not one of mean, last", at: path) }
@@ -133,6 +137,8 @@ public struct ClassifySpec {
                 strand = v
             }
             rcAugment = try r.bool(c, "rc_augment") ?? rcAugment
+            audioAugment = try r.bool(c, "audio_augment") ?? audioAugment
+            baseline = try r.bool(c, "baseline") ?? baseline
             classWeights = try r.string(c, "class_weights") ?? classWeights
             let format = try r.string(c, "format") ?? "fasta"
             switch format {
@@ -145,7 +151,8 @@ public struct ClassifySpec {
             case "audio":
                 var a: [String: Any] = ["type": "audio"]
                 a["sample_rate"] = try r.int(c, "sample_rate") ?? 16000
-                a["quantizer"] = try r.string(c, "quantizer") ?? AudioQuantizer.mulaw.rawValue
+                // As `classify train`: new classifiers normalise each clip before mu-law unless told otherwise.
+                a["quantizer"] = try r.string(c, "quantizer") ?? AudioQuantizer.normalized.rawValue
                 tokenizer = .audio(try AudioTokenizer(json: a, location: "\(path), classify"))
                 rcAugment = false
             default:
@@ -283,6 +290,7 @@ public enum ClassificationPipeline {
                 s.pooling = c.pooling
                 s.strand = c.strand
                 s.rcAugment = c.rcAugment
+                s.audioAugment = c.audioAugment
                 s.classWeights = c.classWeights
                 s.tokenizer = c.tokenizer
                 s.valFraction = c.valFraction
@@ -312,6 +320,18 @@ public enum ClassificationPipeline {
                     events(.stage(String(format: "%@: test accuracy %.4f, macro-F1 %.4f, MCC %.4f",
                                          name.isEmpty ? spec.name : name, report.metrics.accuracy,
                                          report.metrics.macroF1, report.metrics.mcc)))
+                    if c.baseline && (inits.count == 1 || tag == "scratch") {  // once per data variant
+                        let features: LinearBaseline.Features
+                        switch c.tokenizer {
+                        case let .audio(t): features = .spectrum(sampleRate: t.sampleRate)
+                        default: features = .kmers(5)
+                        }
+                        let b = try LinearBaseline.run(train: v.train, trainLabels: nil, data: test, labels: nil, features: features)
+                        row["baseline"] = ["accuracy": b.metrics.accuracy, "macro_f1": b.metrics.macroF1,
+                                           "mcc": b.metrics.mcc, "features": b.features, "seconds": b.seconds]
+                        events(.stage(String(format: "baseline (%@): test accuracy %.4f, macro-F1 %.4f (%.1f s)",
+                                             b.features, b.metrics.accuracy, b.metrics.macroF1, b.seconds)))
+                    }
                 }
                 results.append(row)
             }

@@ -30,7 +30,15 @@ public enum LanguageModelPipeline {
                 results.append(r)
             }
             summary["results"] = results
-            summary["table"] = table(results, unit: spec.format == .bytes ? "bits/byte" : "bits/token")
+        }
+        if !spec.ngramOrders.isEmpty, let evalPath = spec.evalData {
+            events(.stage("n-gram baselines (orders \(spec.ngramOrders.map(String.init).joined(separator: ", ")))"))
+            summary["ngram"] = try ngramBaselines(spec, eval: evalPath)
+        }
+        if !spec.variants.isEmpty || summary["ngram"] != nil {
+            let rows = (summary["results"] as? [[String: Any]]) ?? [summary.merging(["variant": spec.name]) { $1 }]
+            summary["table"] = table(rows, ngram: summary["ngram"] as? [[String: Any]] ?? [],
+                                     unit: spec.format == .bytes ? "bits/byte" : spec.format == .audio ? "bits/sample" : "bits/token")
         }
         try AtomicFile.write(try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys]),
                              to: out + "/summary.json")
@@ -52,7 +60,8 @@ public enum LanguageModelPipeline {
                 events(.training(e))
             }, shouldStop: shouldStop)
         let c = trainer.model.config
-        var summary: [String: Any] = ["steps": trainer.step, "parameters": c.parameterCount, "pattern": c.pattern,
+        let stack = c.unetPlan.map { "unet \($0.factors.map(String.init).joined(separator: ",")), blocks \($0.layers.map(String.init).joined(separator: "/")), widths \($0.widths.map(String.init).joined(separator: "/"))" } ?? c.pattern
+        var summary: [String: Any] = ["steps": trainer.step, "parameters": c.parameterCount, "pattern": stack,
                                       "layout": c.modelType.rawValue, "peak_rss_mb": Double(peakMemory()) / 1e6]
         // The median logged window (each spans `log_every` steps): steady-state speed, robust to a slow window.
         if !windows.isEmpty { summary["train_tokens_per_s"] = windows.sorted()[windows.count / 2] }
@@ -105,10 +114,31 @@ public enum LanguageModelPipeline {
         return summary
     }
 
-    /// A Markdown table of the variants, one row each.
-    static func table(_ results: [[String: Any]], unit: String) -> [String] {
+    /// The n-gram baselines of `data.ngram`: counted on the training files, measured on the eval data, streams as
+    /// training reads them (an audio clip after the start token, so that every sample is predicted, as `eval` does).
+    static func ngramBaselines(_ spec: PipelineSpec, eval: String) throws -> [[String: Any]] {
+        func streams(_ paths: [String]) throws -> [[Int32]] {
+            let p = spec.format == .audio ? try LanguageModelTask.expandPathsRecursively(paths) : paths
+            return try LanguageModelTask.corpus(format: spec.format, paths: p, valFraction: 0, audio: spec.audio).0.streams.map(\.tokens)
+        }
+        let vocabulary = spec.format == .audio ? spec.audio.vocabSize : spec.format == .fasta ? DNATokenizer().vocabSize : ByteTokenizer.vocabSize
+        let (train, held) = (try streams(spec.trainData), try streams([eval]))
+        return try spec.ngramOrders.map { order in
+            let m = try NGramModel(order: order, vocabulary: vocabulary)
+            try m.fit(train)
+            let (bits, tokens) = m.bitsPerToken(held)
+            return ["order": order, "bits_per_token": bits, "tokens": tokens]
+        }
+    }
+
+    /// A Markdown table of the variants, one row each, and of the n-gram baselines.
+    static func table(_ results: [[String: Any]], ngram: [[String: Any]] = [], unit: String) -> [String] {
         var rows = ["| variant | stack | parameters | held-out \(unit) | train tokens/s | peak memory (MB) |",
                     "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for n in ngram {
+            rows.append("| \(n["order"] ?? "")-gram | interpolated Kneser–Ney | — | "
+                        + String(format: "%.4f", n["bits_per_token"] as? Double ?? .nan) + " | — | — |")
+        }
         for r in results {
             let bits = ((r["eval"] as? [String: Any])?["bits_per_token"] as? Double).map { String(format: "%.4f", $0) } ?? "—"
             let tps = (r["train_tokens_per_s"] as? Double).map { String(format: "%.0f", $0) } ?? "—"

@@ -39,8 +39,8 @@ public struct ModelSpec: Equatable, Sendable {
     /// stage. `poolExpand`: the width multiplier per pooling (default 2).
     public var unet: [Int]?
     public var poolExpand: Int?
-    /// Blocks per stage when they differ (read from a model).
-    var stageLayers: [Int]?
+    /// Blocks per stage, outer first (`--stage-layers 0,2,2`; read from a model when they differ); overrides `layers`.
+    public var stageLayers: [Int]?
     /// The model this spec was read from: `config` gives it back unchanged unless a field was changed since.
     var source: MambaConfig?
     public init() {}
@@ -74,6 +74,15 @@ public struct ModelSpec: Equatable, Sendable {
             && a.unet == b.unet && a.poolExpand == b.poolExpand && a.stageLayers == b.stageLayers
     }
 
+    /// `--stage-layers` / `model.stage_layers`: blocks per stage as "0,2,2".
+    public static func stageCounts(_ text: String) throws -> [Int] {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !parts.isEmpty, parts.count <= 5, parts.allSatisfy({ $0 != nil && (0...4096).contains($0!) }) else {
+            throw MambaKitError(.usage, "--stage-layers '\(text)' must be blocks per stage in 0 ... 4096, outer stage first, separated by commas (e.g. 0,2,2)")
+        }
+        return parts.map { $0! }
+    }
+
     /// `--unet` / `model.unet`: pooling factors as "4,4".
     public static func poolFactors(_ text: String) throws -> [Int] {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
@@ -93,7 +102,7 @@ public struct ModelSpec: Equatable, Sendable {
             ("--pattern", pattern != nil), ("--head-dim", headDim != nil), ("--groups", groups != nil),
             ("--chunk-size", chunkSize != nil), ("--heads", heads != nil), ("--kv-heads", kvHeads != nil),
             ("--attn-head-dim", attnHeadDim != nil), ("--mlp-width", mlpWidth != nil), ("--unet", unet != nil),
-            ("--pool-expand", poolExpand != nil),
+            ("--pool-expand", poolExpand != nil), ("--stage-layers", stageLayers != nil),
         ]
         return fields.first { $0.1 }?.0
     }
@@ -122,7 +131,7 @@ public struct ModelSpec: Equatable, Sendable {
         m.mlpWidth = mlpWidth ?? other.mlpWidth
         m.unet = unet ?? other.unet
         m.poolExpand = poolExpand ?? other.poolExpand
-        m.stageLayers = layers == nil && unet == nil ? other.stageLayers : nil
+        m.stageLayers = stageLayers ?? (layers == nil && unet == nil ? other.stageLayers : nil)
         m.source = other.source
         return m
     }
@@ -177,6 +186,13 @@ public struct ModelSpec: Equatable, Sendable {
             throw MambaKitError(.usage, "--expand must be a positive number (got \(expand))")
         }
         if unet == nil, poolExpand != nil { throw MambaKitError(.usage, "--pool-expand needs --unet") }
+        if unet == nil, stageLayers != nil { throw MambaKitError(.usage, "--stage-layers needs --unet") }
+        if let unet, let stageLayers {
+            guard stageLayers.count == unet.count + 1, stageLayers.allSatisfy({ (0...4096).contains($0) }),
+                  stageLayers.contains(where: { $0 > 0 }) else {
+                throw MambaKitError(.usage, "--stage-layers needs \(unet.count + 1) counts in 0 ... 4096 (one per stage, outer first, at least one block), got \(stageLayers.map(String.init).joined(separator: ","))")
+            }
+        }
         if let unet {
             // The multi-scale backbone: Mamba-1 blocks, `layers` per stage.
             guard Set(kinds) == [.mamba1] else {

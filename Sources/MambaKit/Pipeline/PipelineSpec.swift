@@ -17,6 +17,9 @@ public struct PipelineSpec {
     public var format: DataFormat = .bytes
     public var trainData: [String] = []
     public var evalData: String?
+    /// Language models: orders of interpolated Kneser–Ney n-gram baselines counted on `trainData` and measured on
+    /// `evalData` (`data.ngram`), reported beside the models.
+    public var ngramOrders: [Int] = []
     public var valFraction: Double?
     /// Audio language models: the model's sample rate and quantiser.
     public var audio = AudioTokenizer()
@@ -133,7 +136,7 @@ public struct PipelineSpec {
         var spec = ModelSpec()
         try r.allow(m, ["d_model", "layers", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings", "mixer",
                         "pattern", "head_dim", "groups", "chunk_size", "heads", "kv_heads", "attn_head_dim",
-                        "mlp_width", "unet", "pool_expand"], in: section)
+                        "mlp_width", "unet", "pool_expand", "stage_layers"], in: section)
         spec.dModel = try r.int(m, "d_model")
         spec.layers = try r.int(m, "layers")
         spec.dState = try r.int(m, "d_state")
@@ -167,6 +170,11 @@ public struct PipelineSpec {
             }
         }
         spec.poolExpand = try r.int(m, "pool_expand")
+        if let text = try (m["stage_layers"] as? Int).map(String.init) ?? r.string(m, "stage_layers") {
+            do { spec.stageLayers = try ModelSpec.stageCounts(text) } catch let e as MambaKitError {
+                throw MambaKitError(.config, "\(section).stage_layers: " + e.message, at: r.path)
+            }
+        }
         return spec
     }
 
@@ -212,7 +220,15 @@ public struct PipelineSpec {
         }
         threads = try Settings.check("threads", try r.int(o, "threads"), r.source(""))
         if task == "lm", let d = try r.map(o, "data") {
-            try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer"], in: "data")
+            try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer", "ngram"], in: "data")
+            if let n = d["ngram"], !(n is NSNull) {
+                guard let orders = (n as? Int).map({ [$0] }) ?? (n as? [Any])?.compactMap({ $0 as? Int }),
+                      orders.count == ((n as? [Any])?.count ?? 1), (1...8).contains(orders.count) else {
+                    throw MambaKitError(.config, "data.ngram must be an order or a list of 1 to 8 orders (got \(n))", at: r.at("ngram"))
+                }
+                for o in orders { try Settings.check("ngram_order", o, r.source("data")) }
+                ngramOrders = orders
+            }
             var a: [String: Any] = ["type": "audio"]
             a["sample_rate"] = try r.int(d, "sample_rate") ?? 16000
             a["quantizer"] = try r.string(d, "quantizer") ?? AudioQuantizer.mulaw.rawValue

@@ -42,6 +42,12 @@ public enum AudioQuantizer: String, Sendable, CaseIterable {
     /// floating point; decoding to the bin centre `(q + 0.5)/128 − 1`, so `|decode(encode(x)) − x| ≤ 1/256` for x in
     /// [−1, 1].
     case linear
+    /// Standard mu-law (`mulaw`) of the clip normalised first: its mean removed and its peak scaled to 1,
+    /// `s = (x − mean)/max|x − mean|` (a silent clip, peak below 10⁻⁹, stays 0), so that a recording's DC offset
+    /// and level — which differ between microphones and speakers — do not reach the tokens. Decoding is mu-law's.
+    /// For classifiers: measured on a speaker never heard in training, it is what lets a waveform model carry over
+    /// (BENCHMARKS.md).
+    case normalized
 }
 
 /// Tokenizer of audio samples: a quantiser and the sample rate the model works at (audio is resampled to it before
@@ -86,12 +92,13 @@ public struct AudioTokenizer: Sendable, Equatable {
         let n = x.count
         guard n > 0 else { return [] }
         let table = AudioTokenizer.thresholds(quantizer)
+        let x = quantizer == .normalized ? AudioTokenizer.normalizedClip(x) : x
         return [Int32](unsafeUninitializedCapacity: n) { out, count in
             x.withUnsafeBufferPointer { src in
                 table.withUnsafeBufferPointer { t in
                     let t = t.baseAddress!
                     switch quantizer {
-                    case .mulaw:
+                    case .mulaw, .normalized:
                         for i in 0..<n { out[i] = Int32(AudioTokenizer.search(t, AudioTokenizer.clean(src[i]))) }
                     case .linear:
                         // floor(128·x) + 128 is exact in Float too (scaling by 2⁷, then integers below 2²⁴; beyond
@@ -139,6 +146,12 @@ public struct AudioTokenizer: Sendable, Equatable {
         switch quantizer {
         case .mulaw, .linear:
             return x.map { AudioTokenizer.referenceToken(AudioTokenizer.clean($0), quantizer) }
+        case .normalized:
+            let v = x.map { AudioTokenizer.clean($0) }
+            let mean = v.reduce(0, +) / Double(max(v.count, 1))
+            let peak = v.reduce(0) { max($0, abs($1 - mean)) }
+            // (Through Float, as `encode` rounds the normalised clip.)
+            return v.map { AudioTokenizer.referenceToken(peak < 1e-9 ? 0 : Double(Float(($0 - mean) / peak)), .mulaw) }
         case .sashimi:
             guard !x.isEmpty else { return [] }
             let v = x.map { AudioTokenizer.clean($0) }
@@ -159,7 +172,7 @@ public struct AudioTokenizer: Sendable, Equatable {
     public static func referenceToken(_ v: Double, _ quantizer: AudioQuantizer) -> Int32 {
         let q: Double
         switch quantizer {
-        case .mulaw:
+        case .mulaw, .normalized:
             let x = min(max(v, -1), 1)
             let y = sign(x) * Foundation.log1p(mu * abs(x)) / Foundation.log1p(mu)
             q = ((y + 1) / 2 * mu + 0.5).rounded(.down)
@@ -175,7 +188,7 @@ public struct AudioTokenizer: Sendable, Equatable {
     /// The level token q (0…255) decodes to, by the quantiser's formula in Double.
     public static func referenceLevel(_ q: Int, _ quantizer: AudioQuantizer) -> Double {
         switch quantizer {
-        case .mulaw: return expand(2 * Double(q) / mu - 1)
+        case .mulaw, .normalized: return expand(2 * Double(q) / mu - 1)
         case .sashimi: return expand(Double(q) / 128 - 1)
         case .linear: return (Double(q) + 0.5) / 128 - 1
         }
@@ -233,13 +246,23 @@ public struct AudioTokenizer: Sendable, Equatable {
         return Int32(q)
     }
 
+    /// `(x − mean)/max|x − mean|` in Double, rounded to Float (NaN as 0, ±∞ as ±1 first); all zeros when the peak is
+    /// below 10⁻⁹.
+    static func normalizedClip(_ x: [Float]) -> [Float] {
+        let v = x.map { clean($0) }
+        let mean = v.reduce(0, +) / Double(max(v.count, 1))
+        let peak = v.reduce(0) { max($0, abs($1 - mean)) }
+        guard peak >= 1e-9 else { return [Float](repeating: 0, count: x.count) }
+        return v.map { Float(($0 - mean) / peak) }
+    }
+
     /// The bin boundaries of a quantiser: t[k] (k = 1…255) is the smallest Double in [−1, 1] whose reference token
     /// is ≥ k, t[0] = −∞. Found by bisection over the ordered Doubles, so `search(t, v) == referenceToken(v)` for
     /// every v wherever the formula is monotone: all of [−1, 1] except SaShiMi's island of 128 around s = −10⁻⁸
     /// (`sashimiIsland`).
     public static func thresholds(_ quantizer: AudioQuantizer) -> [Double] {
         switch quantizer {
-        case .mulaw: return Tables.mulaw
+        case .mulaw, .normalized: return Tables.mulaw
         case .sashimi: return Tables.sashimi
         case .linear: return Tables.linear
         }
@@ -248,7 +271,7 @@ public struct AudioTokenizer: Sendable, Equatable {
     /// The 256 decoded levels of a quantiser (index = token).
     public static func levels(_ quantizer: AudioQuantizer) -> [Float] {
         switch quantizer {
-        case .mulaw: return Tables.mulawLevels
+        case .mulaw, .normalized: return Tables.mulawLevels
         case .sashimi: return Tables.sashimiLevels
         case .linear: return Tables.linearLevels
         }

@@ -15,7 +15,8 @@ public struct LabeledSequence: Sendable, Equatable {
 /// Sequence classification as a `TrainingObjective`: each step draws `batchSize` examples uniformly (with
 /// replacement) from the training set with the trainer's RNG, crops any longer than `maxLength` to a random window
 /// of that length, replaces each by its reverse complement with probability ½ when `rcAugment` is set
-/// (reverse-complement augmentation), and minimises the class-weighted cross-entropy of a right-padded batch.
+/// (reverse-complement augmentation) or, for audio, changes its speed, gain and start (`AudioAugmentation`, before the
+/// crop), and minimises the class-weighted cross-entropy of a right-padded batch.
 /// Validation runs the whole validation sequences (no cropping, constant memory) with the `strand` strategy and
 /// reports the unweighted mean loss, accuracy, macro-F1 and MCC.
 public final class ClassificationObjective: TrainingObjective {
@@ -29,13 +30,16 @@ public final class ClassificationObjective: TrainingObjective {
     /// Token id → id of its complement; needed by reverse-complement augmentation and `.rcAverage`.
     public let complement: [Int32]?
     public let rcAugment: Bool
+    /// Audio: speed, gain and shift drawn per example (`AudioAugmentation`), before the crop.
+    public let audioAugment: AudioAugmentation?
     public let strand: StrandStrategy
     /// Inference chunk length for validation.
     public let chunk: Int
 
     public init(classifier: SequenceClassifier, train: [LabeledSequence], validation: [LabeledSequence],
                 batchSize: Int, maxLength: Int, classWeights: [Float]? = nil, complement: [Int32]? = nil,
-                rcAugment: Bool = false, strand: StrandStrategy = .none, chunk: Int = 2048) throws {
+                rcAugment: Bool = false, audioAugment: AudioAugmentation? = nil, strand: StrandStrategy = .none,
+                chunk: Int = 2048) throws {
         guard !train.isEmpty else { throw MambaKitError(.usage, "no training sequences") }
         guard batchSize > 0, maxLength > 0 else { throw MambaKitError(.usage, "batch size and length must be positive") }
         let C = classifier.numClasses
@@ -57,6 +61,7 @@ public final class ClassificationObjective: TrainingObjective {
         self.classWeights = classWeights
         self.complement = complement
         self.rcAugment = rcAugment
+        self.audioAugment = audioAugment
         self.strand = strand
         self.chunk = chunk
     }
@@ -82,6 +87,7 @@ public final class ClassificationObjective: TrainingObjective {
         for _ in 0..<batchSize {
             let ex = train[rng.int(below: train.count)]
             var s = ex.tokens
+            if let audioAugment { s = audioAugment.apply(s, rng: &rng) }
             if s.count > maxLength {
                 let start = rng.int(below: s.count - maxLength + 1)
                 s = Array(s[start..<(start + maxLength)])
