@@ -282,7 +282,7 @@ public enum ClassificationTask {
             spec = spec.merged(over: Self.defaultAudioSpec)
             notes.append("model: the multi-scale audio default (no blocks at the sample rate, a 16-sample down-pool, 2 Mamba blocks of width 128 every 16 samples and 2 of width 256 every 64; --d-model, --layers or --unet to choose)")
         } else if case .audio = tok {
-            spec = spec.merged(over: LanguageModelTask.defaultAudioSpec)
+            spec = spec.merged(over: LanguageModelTask.audioDefaults(for: spec))
         } else if !s.resume && pretrained == nil && spec.dModel == nil && spec.layers == nil && spec.pattern == nil {
             if tokens <= smallDataTokens {
                 spec = spec.merged(over: smallDataSpec)
