@@ -1,7 +1,7 @@
 /// What a model carries from one token (or chunk) to the next: one `BlockState` per layer — for Mamba-1 the last
 /// K−1 conv inputs and the SSM state, for Mamba-2 the conv inputs and the per-head state, for attention the keys and
-/// values so far (the only state that grows with the sequence). Generation and chunked evaluation keep this and
-/// nothing else.
+/// values so far (the only state that grows with the sequence); for the multi-scale backbone also each pool's
+/// partial block (`pools`). Generation and chunked evaluation keep this and nothing else.
 public final class RecurrentState {
     public let batch: Int
     public let layers: [BlockState]
