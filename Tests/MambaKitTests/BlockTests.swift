@@ -243,19 +243,9 @@ enum BlockStack: String, CaseIterable, Sendable {
         let model = try stack.make()
         let (B, L, V) = (2, 17, model.config.vocabSize)
         let ids = randomTokens(B * L, V: V, seed: 24)
-        let want = model.logits(ids, B: B, L: L)
-        let gen = Generator(model: model, batch: B)
-        let k = 5
-        let first = try gen.prefill((0..<B).map { b in Array(ids[(b * L)..<(b * L + k)]) })
-        var got = [[Float]](repeating: [], count: B)
-        for b in 0..<B { got[b] += first[(b * V)..<((b + 1) * V)] }
-        for t in k..<L {
-            let next = Array(gen.step((0..<B).map { ids[$0 * L + t] }))
-            for b in 0..<B { got[b] += next[(b * V)..<((b + 1) * V)] }
-        }
+        let (got, want) = try model.prefillThenSteps(ids, B: B, L: L, k: 5)
         for b in 0..<B {
-            let w = Array(want[((b * L + k - 1) * V)..<((b + 1) * L * V)])
-            expectClose("\(stack) sequence \(b) steps", got[b], w, atol: 2e-5 * max(largestMagnitude(w), 1))
+            expectClose("\(stack) sequence \(b) steps", got[b], want[b], atol: 2e-5 * max(largestMagnitude(want[b]), 1))
         }
     }
 

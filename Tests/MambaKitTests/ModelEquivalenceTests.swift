@@ -82,6 +82,46 @@ extension MambaModel {
         return sum / Double(count)
     }
 
+    /// Checks every tensor's gradient (after `gradients`, left in `grads`) against central differences of the mean
+    /// loss: the largest entry and three drawn with `rng`. h = 1e-2 on parameters of size 0.1 … 3: the mean loss
+    /// (≈ ln V from Float logits) carries ~1e-8 rounding, so the quotient has ~1e-6 absolute noise (measured ≤ 2e-6 on
+    /// the small A_log / dt gradients); truncation h²·f‴ is ≤ 1e-4 relative. The largest gradients per tensor are
+    /// 1e-4 … 2e-1: tolerance 5e-6 absolute plus 1 % relative.
+    func checkGradientsByFiniteDifferences(_ ids: [Int32], targets: [Int32], B: Int, L: Int, rng: inout RNG,
+                                           sourceLocation: SourceLocation = #_sourceLocation) {
+        for v in params.layout.views {
+            let g = grads.values(v.name)
+            #expect(largestMagnitude(g) > 0, "\(v.name): zero gradient", sourceLocation: sourceLocation)
+            var idx = [g.indices.max { abs(g[$0]) < abs(g[$1]) }!]
+            for _ in 0..<3 { idx.append(rng.int(below: v.count)) }
+            let p = params.ptr(v)
+            var vals = params.values(v.name)
+            checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-6, rtol: 1e-2,
+                          sourceLocation: sourceLocation) { x in
+                let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
+                x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
+                defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
+                return meanLoss(ids, targets: targets, B: B, L: L)
+            }
+        }
+    }
+
+    /// Generation of `ids` `(B, L)`: `Generator.prefill` of the first `k` tokens of each row, then one step per
+    /// token; per sequence, the logits after tokens k−1 … L−1, and the same rows of one forward pass over the lot.
+    func prefillThenSteps(_ ids: [Int32], B: Int, L: Int, k: Int) throws -> (got: [[Float]], want: [[Float]]) {
+        let V = config.vocabSize
+        let full = logits(ids, B: B, L: L)
+        let gen = Generator(model: self, batch: B)
+        let first = try gen.prefill((0..<B).map { b in Array(ids[(b * L)..<(b * L + k)]) })
+        var got = [[Float]](repeating: [], count: B)
+        for b in 0..<B { got[b] += first[(b * V)..<((b + 1) * V)] }
+        for t in k..<L {
+            let next = Array(gen.step((0..<B).map { ids[$0 * L + t] }))
+            for b in 0..<B { got[b] += next[(b * V)..<((b + 1) * V)] }
+        }
+        return (got, (0..<B).map { b in Array(full[((b * L + k - 1) * V)..<((b + 1) * L * V)]) })
+    }
+
     /// forward + backward on a training workspace into zeroed gradients; returns the logits and (Σ NLL, count).
     @discardableResult
     func gradients(_ ids: [Int32], targets: [Int32], B: Int, L: Int, lossScale: Float? = nil,
@@ -118,25 +158,7 @@ extension MambaModel {
         let loss0 = model.meanLoss(ids, targets: targets, B: B, L: L)
         #expect(abs(sum / Double(count) - loss0) < 1e-6 * loss0, "backward's loss \(sum / Double(count)) vs \(loss0)")
         var rng = RNG(seed: 3)
-        for v in model.params.layout.views {
-            let g = model.grads.values(v.name)
-            #expect(largestMagnitude(g) > 0, "\(v.name): zero gradient")
-            // The largest entry and three random ones.
-            var idx = [g.indices.max { abs(g[$0]) < abs(g[$1]) }!]
-            for _ in 0..<3 { idx.append(rng.int(below: v.count)) }
-            let p = model.params.ptr(v)
-            var vals = model.params.values(v.name)
-            // h = 1e-2 on parameters of size 0.1 … 3: the mean loss (≈ ln 32 from Float logits) carries ~1e-8
-            // rounding, so the quotient has ~1e-6 absolute noise (measured ≤ 2e-6 on the small A_log / dt gradients);
-            // truncation h²·f‴ is ≤ 1e-4 relative. The largest gradients per tensor are 1e-4 … 2e-1: tolerance 5e-6
-            // absolute plus 1 % relative.
-            checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-6, rtol: 1e-2) { x in
-                let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
-                x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
-                defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
-                return model.meanLoss(ids, targets: targets, B: B, L: L)
-            }
-        }
+        model.checkGradientsByFiniteDifferences(ids, targets: targets, B: B, L: L, rng: &rng)
     }
 
     @Test(arguments: [TinyModel.tied, .untiedBias, .pointConv, .ragged])

@@ -99,22 +99,9 @@ import MambaKit
         let (_, sum, count) = m.gradients(ids, targets: targets, B: B, L: L)
         let loss0 = m.meanLoss(ids, targets: targets, B: B, L: L)
         #expect(abs(sum / Double(count) - loss0) < 1e-6 * loss0)
+        // The tolerances of ModelEquivalenceTests (the helper explains them).
         var rng = RNG(seed: 8)
-        for v in m.params.layout.views {
-            let g = m.grads.values(v.name)
-            #expect(largestMagnitude(g) > 0, "\(v.name): zero gradient")
-            var idx = [g.indices.max { abs(g[$0]) < abs(g[$1]) }!]
-            for _ in 0..<3 { idx.append(rng.int(below: v.count)) }
-            let p = m.params.ptr(v)
-            var vals = m.params.values(v.name)
-            // As ModelEquivalenceTests: h = 1e-2, the mean loss from Float logits carries ~1e-8 rounding.
-            checkGradient(v.name, &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-6, rtol: 1e-2) { x in
-                let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
-                x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
-                defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
-                return m.meanLoss(ids, targets: targets, B: B, L: L)
-            }
-        }
+        m.checkGradientsByFiniteDifferences(ids, targets: targets, B: B, L: L, rng: &rng)
     }
 
     /// A right-padded batch gives each sequence its own hidden states.
@@ -180,18 +167,9 @@ import MambaKit
         let m = try Self.model()
         let (B, L, V) = (2, 20, m.config.vocabSize)
         let ids = randomTokens(B * L, V: V, seed: 14)
-        let want = m.logits(ids, B: B, L: L)
-        let gen = Generator(model: m, batch: B)
-        let first = try gen.prefill((0..<B).map { b in Array(ids[(b * L)..<(b * L + k)]) })
-        var got = [[Float]](repeating: [], count: B)
-        for b in 0..<B { got[b] += first[(b * V)..<((b + 1) * V)] }
-        for t in k..<L {
-            let next = Array(gen.step((0..<B).map { ids[$0 * L + t] }))
-            for b in 0..<B { got[b] += next[(b * V)..<((b + 1) * V)] }
-        }
+        let (got, want) = try m.prefillThenSteps(ids, B: B, L: L, k: k)
         for b in 0..<B {
-            let w = Array(want[((b * L + k - 1) * V)..<((b + 1) * L * V)])
-            expectClose("prompt \(k), sequence \(b)", got[b], w, atol: 2e-5 * max(largestMagnitude(w), 1))
+            expectClose("prompt \(k), sequence \(b)", got[b], want[b], atol: 2e-5 * max(largestMagnitude(want[b]), 1))
         }
     }
 
