@@ -7,9 +7,11 @@ struct Eval: ParsableCommand {
         abstract: "Exact negative log-likelihood of a whole file, in constant memory.")
 
     @Option(help: "Model directory (config.json + model.safetensors).") var model: String
-    @Option(help: "The file to evaluate.") var data: String
+    @Option(help: "The file to evaluate (bytes: or a directory, each file a stream from a fresh state).") var data: String
     @Option(help: "How to read --data (default: the model's own format).") var format: String?
     @Option(help: "Tokens per forward chunk; the state is carried across chunks (default 2048).") var chunk: Int = 2048
+    @Option(name: .customLong("by-position"), help: "Also report bits per token by position within each stream, in buckets ending at these positions (e.g. 1k,4k,16k,64k; k = 1024).")
+    var byPosition: String?
     @Flag(help: "Print the result as JSON.") var json = false
     @OptionGroup var common: CommonOptions
 
@@ -19,7 +21,8 @@ struct Eval: ParsableCommand {
             try Settings.check("chunk", chunk, .flags)
             let m = try MambaModel.load(directory: model)
             let fmt = try DataFormat.parse(format ?? (m.config.mambakit["format"] as? String) ?? "bytes")
-            let report = try LanguageModelTask.evaluate(model: m, path: data, format: fmt, chunk: chunk)
+            let buckets = try byPosition.map { try Evaluator.Bucket.parseBoundaries($0, at: "--by-position") } ?? []
+            let report = try LanguageModelTask.evaluate(model: m, path: data, format: fmt, chunk: chunk, buckets: buckets)
             guard report.result.count == 0 || report.result.meanLoss.isFinite else {
                 throw MambaKitError(.numeric, "the loss is \(report.result.meanLoss): the model's logits overflow on this input", at: data)
             }
@@ -29,6 +32,12 @@ struct Eval: ParsableCommand {
                 let r = report.result
                 try say(String(format: "loss %.6f nats/token  %.4f bits/token  over %d tokens  (%.1f s)",
                              r.meanLoss, r.bitsPerToken, r.count, report.seconds))
+                for b in r.byPosition {
+                    let range = "\(b.from)–" + (b.to.map(String.init) ?? "")
+                    let padded = range.padding(toLength: max(range.count, 16), withPad: " ", startingAt: 0)
+                    try say("  positions " + padded + (b.count > 0 ? String(format: " %.4f bits/token  over %d tokens", b.bitsPerToken, b.count)
+                                                                  : " no tokens"))
+                }
             }
         }
     }

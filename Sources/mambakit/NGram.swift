@@ -29,7 +29,7 @@ struct NGramBaseline: ParsableCommand {
             func streams(_ paths: [String]) throws -> [[Int32]] {
                 let p = f == .audio ? try LanguageModelTask.expandPathsRecursively(paths) : paths
                 return try LanguageModelTask.corpus(format: f, paths: p, valFraction: 0, tokenizer: dnaTokenizer,
-                                                    audio: audioTokenizer).0.streams.map(\.tokens)
+                                                    audio: audioTokenizer).0.allStreams()
             }
             let vocabulary: Int
             switch f {

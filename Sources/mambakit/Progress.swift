@@ -47,6 +47,25 @@ final class ProgressRenderer {
         }
     }
 
+    private var tokenizingShown = (time: 0.0, tenth: -1)
+
+    /// Progress of building a token store: redrawn on a terminal at most every 0.2 s, a line per tenth otherwise.
+    func tokenizing(done: Int, total: Int) {
+        let text = String(format: "tokenizing %.1f of %.1f MB", Double(done) / 1e6, Double(total) / 1e6)
+        if tty {
+            let now = Date().timeIntervalSince1970
+            guard now - tokenizingShown.time >= 0.2 || done == total else { return }
+            tokenizingShown.time = now
+            redraw(text)
+            if done == total { FileHandle.standardError.write(Data("\n".utf8)); lastLine = "" }
+        } else {
+            let tenth = total > 0 ? min(10, done * 10 / total) : 10
+            guard tenth > tokenizingShown.tenth else { return }
+            tokenizingShown.tenth = tenth
+            line(text)
+        }
+    }
+
     private func redraw(_ s: String) {
         FileHandle.standardError.write(Data(("\r\u{1B}[2K" + s).utf8))
         lastLine = s

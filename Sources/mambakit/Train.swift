@@ -72,6 +72,10 @@ struct Train: ParsableCommand {
     @Option(help: "How to read --data: bytes (default), fasta or audio.") var format: String?
     @Option(help: "Run directory: model, checkpoints, metrics.jsonl.") var out: String
     @Flag(help: "Continue the run in --out from its latest checkpoint, bit for bit.") var resume = false
+    @Option(name: .customLong("token-cache"), help: "Directory of tokenized corpora (default $MAMBAKIT_CACHE, else ~/.cache/mambakit/tokens).")
+    var tokenCache: String?
+    @Option(name: .customLong("seq-len-warmup"), help: "Grow the window from 64 tokens to --seq-len over the first N steps (default 0: off).")
+    var seqLenWarmup: Int?
     @OptionGroup var shape: ShapeAndScheduleOptions
     @OptionGroup(title: "DNA (--format fasta)") var dna: DNATokenizerOptions
     @OptionGroup(title: "Audio (--format audio)") var audio: AudioTokenizerOptions
@@ -88,15 +92,18 @@ struct Train: ParsableCommand {
             guard !data.isEmpty else { throw MambaKitError(.usage, "no --data given (and no data.train in --config)") }
             let model = try shape.modelSpec().merged(over: file.model)
             try file.refuseEpochsForLanguageModel()
-            let trainSpec = shape.trainSpec.merged(over: file.train)
+            var flags = shape.trainSpec
+            flags.seqLenWarmup = seqLenWarmup
+            try flags.validate(.flags)
+            let trainSpec = flags.merged(over: file.train)
             if resume { try refuseChangedTokenizer(out: out, dna: dna, audio: audio) }
             let progress = ProgressRenderer()
             installInterruptHandler()
             let trainer = try LanguageModelTask.train(
                 format: format, data: data, out: out, model: model, train: trainSpec,
                 valFraction: shape.valFraction ?? file.valFraction, resume: resume, tokenizer: try dna.tokenizer(),
-                audio: try audio.tokenizer(),
-                events: progress.handle, shouldStop: { interruptRequested != 0 })
+                audio: try audio.tokenizer(), cacheDirectory: tokenCache ?? file.tokenCache,
+                tokenizing: progress.tokenizing, events: progress.handle, shouldStop: { interruptRequested != 0 })
             progress.finish()
             printErr("model saved to \(out) (step \(trainer.step))")
         }

@@ -23,6 +23,7 @@ enum CLI {
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
         p.currentDirectoryURL = URL(fileURLWithPath: root)
+        p.environment = testProcessEnvironment
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -163,6 +164,7 @@ func killAfter(_ p: Process, seconds: Double) {
         p.arguments = ["train", "--data", "samples/text/ruth.txt", "--out", out, "--steps", "100000", "--checkpoint-every", "0",
                        "--eval-every", "0"] + Self.tiny
         p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+        p.environment = testProcessEnvironment
         p.standardError = FileHandle.nullDevice
         try p.run()
         // Wait for training to be under way (metrics are written from the first step), then interrupt.

@@ -26,6 +26,7 @@ import Testing
         p.arguments = viaShell ? ["-c", "ulimit -v \(memoryLimitKB); exec /bin/sh \"$@\"", "sh"] + args
             : ["-c", "ulimit -v \(memoryLimitKB); exec \"$0\" \"$@\"", CLI.binary] + args
         p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+        p.environment = testProcessEnvironment
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -288,6 +289,7 @@ import Testing
             p.executableURL = URL(fileURLWithPath: "/bin/sh")
             p.arguments = ["-c", "ulimit -v 1500000; exec \"$0\" \"$@\"", CLI.binary] + args
             p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+            p.environment = testProcessEnvironment
             let out = Pipe(), err = Pipe()
             p.standardOutput = out
             p.standardError = err
@@ -356,6 +358,7 @@ import Testing
         p.arguments = ["train"] + data + ["--out", out, "--steps", "100000", "--checkpoint-every", "5", "--log-every", "1000"]
             + tinyRun
         p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+        p.environment = testProcessEnvironment
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()

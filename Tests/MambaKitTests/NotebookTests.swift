@@ -26,7 +26,7 @@ struct NotebookTests {
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
         p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
-        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        p.environment = testProcessEnvironment.merging(environment) { $1 }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

@@ -51,6 +51,11 @@ func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
     zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
 }
 
+/// The environment of the processes tests start: the token stores of their temporary corpora go to one cache under
+/// the temporary directory (stale stores are removed as new ones are built), not to the user's.
+let testProcessEnvironment: [String: String] = ProcessInfo.processInfo.environment.merging(
+    ["MAMBAKIT_CACHE": FileManager.default.temporaryDirectory.appendingPathComponent("mambakit-test-tokens").path]) { $1 }
+
 /// A temporary directory removed when the value is dropped.
 final class TempDir {
     let path: String

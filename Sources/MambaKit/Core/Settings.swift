@@ -96,6 +96,7 @@ public enum Settings {
             .real("lr", "--lr", 0, 10, loOpen: true),
             .real("min_lr_ratio", nil, 0, 1),
             .int("warmup", "--warmup", 0, maxSteps),
+            .int("seq_len_warmup", "--seq-len-warmup", 0, maxSteps, "0: off"),
             .real("weight_decay", "--weight-decay", 0, 10),
             .real("beta1", nil, 0, 0.999_999),
             .real("beta2", nil, 0, 0.999_999_999),

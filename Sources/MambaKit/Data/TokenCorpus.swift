@@ -3,60 +3,134 @@
 /// held out instead (every ⌈1/valFraction⌉-th, at least one, never all): the right split for many short clips
 /// (audio), where a tail of each would leave no clip long enough for a training window.
 ///
+/// The tokens live in memory (small corpora, tests, n-gram counts) or in a `TokenStore` on disk, read window by
+/// window, so that training memory does not depend on the corpus: what stays in memory is 16 bytes per stream
+/// (its offset and training length) plus, per window length in use, 16 bytes per stream long enough for a window.
+///
 /// Training batches are random windows of L+1 tokens (inputs t…t+L−1, targets t+1…t+L) drawn with the run's RNG:
 /// the stream with probability proportional to its training length, then a uniform start. Windows never cross
 /// from one stream into another, nor from the training part into the held-out part.
 public final class TokenCorpus {
-    public struct Stream {
-        public let name: String
-        public let tokens: [Int32]
-        /// Tokens [0, trainEnd) train; [trainEnd, count) are held out.
-        public let trainEnd: Int
+    enum Storage {
+        case memory([Int32])
+        case store(TokenStore)
     }
 
-    public let streams: [Stream]
+    let storage: Storage
+    /// Stream i is tokens [offsets[i], offsets[i+1]) of the storage.
+    let offsets: [Int]
+    /// Per stream: tokens [0, trainEnds[i]) train; the rest is held out.
+    public let trainEnds: [Int]
 
     public enum Holdout: Sendable { case tails, wholeStreams }
 
-    public init(streams named: [(name: String, tokens: [Int32])], valFraction: Double, holdout: Holdout = .tails) throws {
+    /// An in-memory corpus.
+    public convenience init(streams named: [(name: String, tokens: [Int32])], valFraction: Double, holdout: Holdout = .tails) throws {
         guard !named.isEmpty else { throw MambaKitError(.usage, "no training data given") }
-        if holdout == .wholeStreams && valFraction > 0 && named.count >= 2 {
+        var offsets = [0]
+        var all: [Int32] = []
+        all.reserveCapacity(named.reduce(0) { $0 + $1.tokens.count })
+        for s in named {
+            all += s.tokens
+            offsets.append(all.count)
+        }
+        self.init(storage: .memory(all), offsets: offsets, valFraction: valFraction, holdout: holdout)
+    }
+
+    /// A corpus read from a token store.
+    public convenience init(store: TokenStore, valFraction: Double, holdout: Holdout = .tails) throws {
+        guard store.streamCount > 0 else { throw MambaKitError(.usage, "no training data given") }
+        self.init(storage: .store(store), offsets: store.offsets, valFraction: valFraction, holdout: holdout)
+    }
+
+    init(storage: Storage, offsets: [Int], valFraction: Double, holdout: Holdout) {
+        self.storage = storage
+        self.offsets = offsets
+        let n = offsets.count - 1
+        let counts = (0..<n).map { offsets[$0 + 1] - offsets[$0] }
+        if holdout == .wholeStreams && valFraction > 0 && n >= 2 {
             let every = max(2, Int((1 / valFraction).rounded(.up)))
             // Every `every`-th stream, or the last one when there are fewer than `every`.
-            let held = named.count >= every ? Set(stride(from: every - 1, to: named.count, by: every)) : [named.count - 1]
-            streams = named.enumerated().map { i, s in
-                Stream(name: s.name, tokens: s.tokens, trainEnd: held.contains(i) ? 0 : s.tokens.count)
+            trainEnds = (0..<n).map { i in
+                let held = n >= every ? (i % every == every - 1) : (i == n - 1)
+                return held ? 0 : counts[i]
             }
-            return
-        }
-        streams = named.map { s in
-            let hold = valFraction > 0 ? max(1, Int((Double(s.tokens.count) * valFraction).rounded())) : 0
-            return Stream(name: s.name, tokens: s.tokens, trainEnd: max(0, s.tokens.count - hold))
+        } else {
+            trainEnds = counts.map { c in
+                let hold = valFraction > 0 ? max(1, Int((Double(c) * valFraction).rounded())) : 0
+                return max(0, c - hold)
+            }
         }
     }
 
-    public var trainTokens: Int { streams.reduce(0) { $0 + $1.trainEnd } }
-    public var validationTokens: Int { streams.reduce(0) { $0 + ($1.tokens.count - $1.trainEnd) } }
+    public var streamCount: Int { offsets.count - 1 }
+    public func count(ofStream i: Int) -> Int { offsets[i + 1] - offsets[i] }
+    public var trainTokens: Int { trainEnds.reduce(0, +) }
+    public var validationTokens: Int { offsets[streamCount] - trainTokens }
+
+    /// Copies tokens [start, start + count) of stream `i` into `out`.
+    public func read(stream i: Int, from start: Int, count: Int, into out: UnsafeMutablePointer<Int32>) throws {
+        precondition(start >= 0 && count >= 0 && start + count <= self.count(ofStream: i), "range outside stream \(i)")
+        switch storage {
+        case .memory(let all):
+            all.withUnsafeBufferPointer { p in
+                for t in 0..<count { out[t] = p[offsets[i] + start + t] }
+            }
+        case .store(let s):
+            try s.read(from: offsets[i] + start, count: count, into: out)
+        }
+    }
+
+    /// Tokens `range` of stream `i`.
+    public func tokens(ofStream i: Int, _ range: Range<Int>) throws -> [Int32] {
+        var out = [Int32](repeating: 0, count: range.count)
+        try out.withUnsafeMutableBufferPointer { try read(stream: i, from: range.lowerBound, count: range.count, into: $0.baseAddress!) }
+        return out
+    }
+
+    /// Every stream whole (for small corpora: n-gram counts).
+    public func allStreams() throws -> [[Int32]] {
+        try (0..<streamCount).map { try tokens(ofStream: $0, 0..<count(ofStream: $0)) }
+    }
+
+    /// For one window length: the streams with room for a window, and the running total of their start positions.
+    private var windowTable: (L: Int, streams: [Int], cumulative: [Int])?
 
     /// Fills `ids` and `targets` (each B·L) with B random windows of the training parts.
     public func sampleBatch(B: Int, L: Int, rng: inout RNG, ids: inout [Int32], targets: inout [Int32]) throws {
-        // Streams long enough for one window of L+1 tokens.
-        let usable = streams.filter { $0.trainEnd >= L + 1 }
-        guard !usable.isEmpty else {
-            let longest = streams.map(\.trainEnd).max() ?? 0
+        if windowTable?.L != L {
+            // Streams long enough for one window of L+1 tokens; stream k has trainEnd − L valid starts.
+            var streams: [Int] = [], cumulative: [Int] = []
+            var total = 0
+            for i in 0..<streamCount where trainEnds[i] >= L + 1 {
+                total += trainEnds[i] - L
+                streams.append(i)
+                cumulative.append(total)
+            }
+            windowTable = (L, streams, cumulative)
+        }
+        let (streams, cumulative) = (windowTable!.streams, windowTable!.cumulative)
+        guard let total = cumulative.last else {
+            let longest = trainEnds.max() ?? 0
             throw MambaKitError(.usage, "sequence length \(L) needs at least \(L + 1) training tokens in one file; the longest training part has \(longest) (lower --seq-len or --val-fraction)")
         }
-        // Each valid start position is equally likely: stream k has trainEnd − L of them.
-        let weights = usable.map { $0.trainEnd - L }
-        let total = weights.reduce(0, +)
+        var window = [Int32](repeating: 0, count: L + 1)
         for b in 0..<B {
-            var start = rng.int(below: total)
-            var k = 0
-            while start >= weights[k] { start -= weights[k]; k += 1 }
-            let s = usable[k]
+            // Each valid start position is equally likely.
+            let draw = rng.int(below: total)
+            // The first stream whose running total exceeds the draw.
+            var lo = 0, hi = cumulative.count - 1
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if cumulative[mid] > draw { hi = mid } else { lo = mid + 1 }
+            }
+            let start = draw - (lo > 0 ? cumulative[lo - 1] : 0)
+            try window.withUnsafeMutableBufferPointer {
+                try read(stream: streams[lo], from: start, count: L + 1, into: $0.baseAddress!)
+            }
             for t in 0..<L {
-                ids[b * L + t] = s.tokens[start + t]
-                targets[b * L + t] = s.tokens[start + t + 1]
+                ids[b * L + t] = window[t]
+                targets[b * L + t] = window[t + 1]
             }
         }
     }

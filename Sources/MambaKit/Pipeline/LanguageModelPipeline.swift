@@ -54,7 +54,7 @@ public enum LanguageModelPipeline {
         let trainer = try LanguageModelTask.train(
             format: spec.format, data: spec.trainData, out: out, model: model, train: spec.train,
             valFraction: spec.valFraction, resume: resume && FileManager.default.fileExists(atPath: out + "/checkpoints/latest"),
-            audio: spec.audio,
+            audio: spec.audio, cacheDirectory: spec.tokenCache,
             events: { e in
                 if case let .step(step, _, _, _, _, tps, _) = e, step > 1 { windows.append(tps) }
                 events(.training(e))
@@ -119,7 +119,7 @@ public enum LanguageModelPipeline {
     static func ngramBaselines(_ spec: PipelineSpec, eval: String) throws -> [[String: Any]] {
         func streams(_ paths: [String]) throws -> [[Int32]] {
             let p = spec.format == .audio ? try LanguageModelTask.expandPathsRecursively(paths) : paths
-            return try LanguageModelTask.corpus(format: spec.format, paths: p, valFraction: 0, audio: spec.audio).0.streams.map(\.tokens)
+            return try LanguageModelTask.corpus(format: spec.format, paths: p, valFraction: 0, audio: spec.audio).0.allStreams()
         }
         let vocabulary = spec.format == .audio ? spec.audio.vocabSize : spec.format == .fasta ? DNATokenizer().vocabSize : ByteTokenizer.vocabSize
         let (train, held) = (try streams(spec.trainData), try streams([eval]))

@@ -342,6 +342,122 @@ public enum LanguageModelTask {
         }
     }
 
+    /// The training corpus of `paths` through a token store in `cacheDirectory` (default
+    /// `TokenStore.defaultDirectory`): tokenized once, at one byte per token for bytes, DNA and 8-bit audio, and
+    /// reused while the source files (path, size, mtime, inode) and the tokenizer settings are unchanged. The streams
+    /// are those of `corpus(format:…)`, with directories walked recursively for bytes and audio. Returns the corpus
+    /// and the data fingerprint (paths and sizes). `progress(done, total)` hears of the source bytes tokenized while
+    /// a store is built; `note` of a store found damaged and rebuilt, and of a build's size and speed.
+    public static func storedCorpus(format: DataFormat, paths: [String], valFraction: Double,
+                                    tokenizer: DNATokenizer = DNATokenizer(), audio: AudioTokenizer = AudioTokenizer(),
+                                    cacheDirectory: String? = nil, progress: ((Int, Int) -> Void)? = nil,
+                                    note: (String) -> Void = { _ in }) throws -> (TokenCorpus, [String]) {
+        guard !paths.isEmpty else { throw MambaKitError(.usage, "no --data given") }
+        guard valFraction >= 0 && valFraction < 1 else {
+            throw MambaKitError(.usage, "--val-fraction must be in [0, 1) (got \(valFraction))")
+        }
+        let files: [String]
+        let vocabSize: Int
+        let tokenizerJSON: Any
+        switch format {
+        case .bytes:
+            files = try expandPathsRecursively(paths)
+            vocabSize = ByteTokenizer.vocabSize
+            tokenizerJSON = ByteTokenizer.name
+        case .fasta:
+            files = expandPaths(paths)
+            vocabSize = tokenizer.vocabSize
+            tokenizerJSON = tokenizer.toJSON()
+        case .audio:
+            files = try expandPathsRecursively(paths).filter {
+                ClassificationDataset.audioExtensions.contains(($0 as NSString).pathExtension.lowercased())
+            }
+            vocabSize = audio.vocabSize
+            tokenizerJSON = audio.toJSON()
+        }
+        guard !files.isEmpty else {
+            let what = format == .audio ? "audio files (\(ClassificationDataset.audioExtensions.sorted().joined(separator: ", ")))" : "files"
+            throw MambaKitError(.usage, "no \(what) found in --data", at: paths.joined(separator: ", "))
+        }
+        var sources: [[String: Any]] = []
+        var totalBytes = 0
+        for f in files {
+            try FileInput.checkFile(f)
+            let id = try TokenStore.identity(ofFile: f)
+            totalBytes += id["size"] as? Int ?? 0
+            sources.append(id)
+        }
+        let identityObject: [String: Any] = ["store": 1, "format": format.rawValue, "tokenizer": tokenizerJSON, "sources": sources]
+        guard let idData = try? JSONSerialization.data(withJSONObject: identityObject, options: [.sortedKeys]) else {
+            throw MambaKitError(.usage, "cannot describe the data for the token store", at: paths.joined(separator: ", "))
+        }
+        let identity = String(decoding: idData, as: UTF8.self)
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        var fingerprint: [String] = []
+        let (store, built) = try TokenStore.openOrBuild(directory: cacheDirectory ?? TokenStore.defaultDirectory,
+                                                        identity: identity, vocabSize: vocabSize, note: note) { w in
+            var done = 0
+            switch format {
+            case .bytes:
+                var chunk = [UInt8](repeating: 0, count: 1 << 20)
+                for f in files {
+                    let (fd, _) = try FileInput.openForReading(f)
+                    defer { close(fd) }
+                    let first = w.tokenCount
+                    while true {
+                        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                        if n < 0 {
+                            if errno == EINTR { continue }
+                            throw MambaKitError(.io, "read failed at byte \(w.tokenCount - first): \(String(cString: strerror(errno)))", at: f)
+                        }
+                        if n == 0 { break }
+                        try chunk.withUnsafeBytes { try w.append(bytes: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                        done += n
+                        progress?(done, totalBytes)
+                    }
+                    guard w.tokenCount > first else { throw MambaKitError(.io, "file is empty", at: f) }
+                    w.endStream()
+                }
+            case .fasta:
+                for f in files {
+                    let reader = try SequenceReader(path: f)
+                    var i = 0
+                    while let r = try reader.next() {
+                        i += 1
+                        guard !r.sequence.isEmpty else { continue }
+                        let location = "\(f), record \(i) '\(r.name)'"
+                        try w.append(try tokenizer.encode(r.sequence, location: location), location: location)
+                        w.endStream()
+                    }
+                    done += fileSize(f)
+                    progress?(done, totalBytes)
+                }
+                guard w.tokenCount > 0 else { throw MambaKitError(.usage, "no sequences found in --data", at: paths.joined(separator: ", ")) }
+            case .audio:
+                // One stream per file: the start token (silence), then the file's samples at the model's rate.
+                for f in files {
+                    try w.append([audio.silenceToken] + (try ClassificationDataset.audioTokens(f, tokenizer: audio)), location: f)
+                    w.endStream()
+                    done += fileSize(f)
+                    progress?(done, totalBytes)
+                }
+            }
+        }
+        if built {
+            let s = seconds(clock.now - t0)
+            note(String(format: "tokenized %d files (%.1f MB) into %d tokens in %.1f s (%.0f MB/s): %@", files.count,
+                        Double(totalBytes) / 1e6, store.tokenCount, s, Double(totalBytes) / 1e6 / max(s, 1e-9), store.path))
+        }
+        for (i, f) in files.enumerated() {
+            // Bytes: the stream's length (the bytes read); FASTA and audio: the file's size.
+            fingerprint.append("\(f):\(format == .bytes ? store.offsets[i + 1] - store.offsets[i] : (sources[i]["size"] as? Int ?? 0))")
+        }
+        // Many short clips hold out whole clips; a few long recordings hold out their tails.
+        let holdout: TokenCorpus.Holdout = format == .audio && store.streamCount >= 10 ? .wholeStreams : .tails
+        return (try TokenCorpus(store: store, valFraction: valFraction, holdout: holdout), fingerprint)
+    }
+
     /// Files named directly, and files found by walking named directories (sorted, hidden ones skipped): audio
     /// datasets come as one folder per class or speaker.
     /// A directory reached again through a symlink is an error (a cycle would recurse forever); depth is capped.
@@ -391,7 +507,8 @@ public enum LanguageModelTask {
     /// settings that change, typically `--steps`).
     public static func train(format: DataFormat, data: [String], out: String, model modelSpec: ModelSpec,
                              train trainSpec: PipelineSpec.TrainSpec, valFraction: Double?, resume: Bool, tokenizer: DNATokenizer = DNATokenizer(),
-                             audio: AudioTokenizer = AudioTokenizer(),
+                             audio: AudioTokenizer = AudioTokenizer(), cacheDirectory: String? = nil,
+                             tokenizing: ((Int, Int) -> Void)? = nil,
                              events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> Trainer {
         // The run directory is ours from before a resume reads it until training ends.
         let lock = try RunLock(directory: out)
@@ -435,8 +552,9 @@ public enum LanguageModelTask {
             config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
         }
         try checkTrainingMemory(config: config, options: options)
-        let (corpus, fp) = try corpus(format: format, paths: format == .audio ? expandPathsRecursively(data) : data,
-                                      valFraction: options.valFraction, tokenizer: tokenizer, audio: audio)
+        let (corpus, fp) = try storedCorpus(format: format, paths: data, valFraction: options.valFraction,
+                                            tokenizer: tokenizer, audio: audio, cacheDirectory: cacheDirectory,
+                                            progress: tokenizing, note: { events(.note($0)) })
         let model: MambaModel
         if resume {
             model = try MambaModel(config: config)
@@ -484,23 +602,47 @@ public enum LanguageModelTask {
                 o["bits_per_sample"] = result.bitsPerToken
                 o["files"] = records
             }
+            if format == .bytes && records > 0 { o["files"] = records }
+            if !result.byPosition.isEmpty {
+                o["by_position"] = result.byPosition.map { b -> [String: Any] in
+                    ["from": b.from, "to": b.to.map { $0 as Any } ?? NSNull(), "tokens": b.count,
+                     "loss": b.count > 0 ? b.meanLoss : NSNull(), "bits_per_token": b.count > 0 ? b.bitsPerToken : NSNull()]
+                }
+            }
             return o
         }
     }
 
-    /// Exact NLL of the whole file, streamed in constant memory.
+    /// Exact NLL of the whole file, streamed in constant memory. Bytes: a directory is every file under it (walked
+    /// recursively), each a stream from a fresh state. With `buckets`, the sums per bucket of positions within each
+    /// stream (record, file) as well (`Evaluator.Bucket`).
     public static func evaluate(model: MambaModel, path: String, format: DataFormat, chunk: Int = 2048,
-                                progress: ((Int) -> Void)? = nil) throws -> EvalReport {
-        if format == .fasta { return try evaluateSequences(model: model, path: path, chunk: chunk) }
-        if format == .audio { return try evaluateAudio(model: model, path: path, chunk: chunk) }
+                                buckets: [Int] = [], progress: ((Int) -> Void)? = nil) throws -> EvalReport {
+        if format == .fasta { return try evaluateSequences(model: model, path: path, chunk: chunk, buckets: buckets) }
+        if format == .audio { return try evaluateAudio(model: model, path: path, chunk: chunk, buckets: buckets) }
         guard format == .bytes else { throw format.unsupported() }
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            let clock = ContinuousClock()
+            let t0 = clock.now
+            let files = try expandPathsRecursively([path])
+            guard !files.isEmpty else { throw MambaKitError(.usage, "no files in the directory", at: path) }
+            var total = Evaluator.Result(sum: 0, count: 0, byPosition: Evaluator.Bucket.from(boundaries: buckets))
+            for f in files {
+                let r = try evaluate(model: model, path: f, format: .bytes, chunk: chunk, buckets: buckets) { n in progress?(total.count + n) }
+                total.add(r.result)
+            }
+            var report = EvalReport(result: total, format: .bytes, seconds: seconds(clock.now - t0))
+            report.records = files.count
+            return report
+        }
         try FileInput.checkFile(path)
         guard let fh = FileHandle(forReadingAtPath: path) else { throw MambaKitError(.io, "cannot open", at: path) }
         defer { try? fh.close() }
         let clock = ContinuousClock()
         let t0 = clock.now
         var any = false
-        let r = try Evaluator.nll(model: model, chunk: chunk, progress: progress) { maxCount in
+        let r = try Evaluator.nll(model: model, chunk: chunk, buckets: buckets, progress: progress) { maxCount in
             let d: Data
             do { d = try fh.read(upToCount: maxCount) ?? Data() } catch {
                 throw MambaKitError(.io, "read failed: \(ioReason(error))", at: path)
@@ -515,21 +657,20 @@ public enum LanguageModelTask {
 
     /// Exact NLL of an audio file, or of every audio file under a folder, each from a fresh state after the start
     /// token, at the model's sample rate: every sample is predicted (bits per sample).
-    static func evaluateAudio(model: MambaModel, path: String, chunk: Int) throws -> EvalReport {
+    static func evaluateAudio(model: MambaModel, path: String, chunk: Int, buckets: [Int]) throws -> EvalReport {
         guard case let .audio(t) = try ModelTokenizer(config: model.config, at: "model config.json") else {
             throw MambaKitError(.usage, "the model is not an audio model", at: path)
         }
         let clock = ContinuousClock()
         let t0 = clock.now
-        var total = Evaluator.Result(sum: 0, count: 0)
+        var total = Evaluator.Result(sum: 0, count: 0, byPosition: Evaluator.Bucket.from(boundaries: buckets))
         let files = try expandPathsRecursively([path]).filter {
             ClassificationDataset.audioExtensions.contains(($0 as NSString).pathExtension.lowercased())
         }
         guard !files.isEmpty else { throw MambaKitError(.usage, "no audio files", at: path) }
         for f in files {
-            let x = try Evaluator.nll(model: model, tokens: [t.silenceToken] + ClassificationDataset.audioTokens(f, tokenizer: t), chunk: chunk)
-            total.sum += x.sum
-            total.count += x.count
+            total.add(try Evaluator.nll(model: model, tokens: [t.silenceToken] + ClassificationDataset.audioTokens(f, tokenizer: t),
+                                        chunk: chunk, buckets: buckets))
         }
         var report = EvalReport(result: total, format: .audio, seconds: seconds(clock.now - t0))
         report.records = files.count
@@ -538,20 +679,18 @@ public enum LanguageModelTask {
 
     /// Exact NLL of every record of a FASTA/FASTQ file, each from a fresh state (records are independent
     /// sequences), tokenized as the model was trained; one record in memory at a time.
-    static func evaluateSequences(model: MambaModel, path: String, chunk: Int) throws -> EvalReport {
+    static func evaluateSequences(model: MambaModel, path: String, chunk: Int, buckets: [Int]) throws -> EvalReport {
         let tokenizer = try ClassificationTask.dnaTokenizer(of: model.config, at: "model config.json")
         let reader = try SequenceReader(path: path)
         let clock = ContinuousClock()
         let t0 = clock.now
-        var total = Evaluator.Result(sum: 0, count: 0)
+        var total = Evaluator.Result(sum: 0, count: 0, byPosition: Evaluator.Bucket.from(boundaries: buckets))
         var records = 0
         while let r = try reader.next() {
             records += 1
             let tokens = try tokenizer.encode(r.sequence, location: "\(path), record \(records) '\(r.name)'")
             guard tokens.count >= 2 else { continue }
-            let x = try Evaluator.nll(model: model, tokens: tokens, chunk: chunk)
-            total.sum += x.sum
-            total.count += x.count
+            total.add(try Evaluator.nll(model: model, tokens: tokens, chunk: chunk, buckets: buckets))
         }
         guard records > 0 else { throw MambaKitError(.usage, "no records in the file", at: path) }
         guard total.count > 0 else { throw MambaKitError(.usage, "no record has two or more bases: nothing to predict", at: path) }

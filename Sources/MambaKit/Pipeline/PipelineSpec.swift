@@ -21,6 +21,8 @@ public struct PipelineSpec {
     /// `evalData` (`data.ngram`), reported beside the models.
     public var ngramOrders: [Int] = []
     public var valFraction: Double?
+    /// `data.token_cache`: where tokenized corpora are kept (default `TokenStore.defaultDirectory`).
+    public var tokenCache: String?
     /// Audio language models: the model's sample rate and quantiser.
     public var audio = AudioTokenizer()
     public var model = ModelSpec()
@@ -49,6 +51,8 @@ public struct PipelineSpec {
         public var steps: Int?, batchSize: Int?, seqLen: Int?, lr: Double?, warmup: Int?, seed: Int?
         public var weightDecay: Double?, gradClip: Double?, minLRRatio: Double?
         public var evalEvery: Int?, evalTokens: Int?, checkpointEvery: Int?, logEvery: Int?
+        /// Language models: steps over which the window grows to `seqLen`.
+        public var seqLenWarmup: Int?
         /// Early stopping (classification): validations without improvement before stopping.
         public var patience: Int?
         /// Classification: passes over the training sequences (instead of `steps`).
@@ -65,6 +69,7 @@ public struct PipelineSpec {
             t.evalTokens = evalTokens ?? other.evalTokens; t.checkpointEvery = checkpointEvery ?? other.checkpointEvery
             t.logEvery = logEvery ?? other.logEvery
             t.patience = patience ?? other.patience
+            t.seqLenWarmup = seqLenWarmup ?? other.seqLenWarmup
             // Steps and epochs are one budget: a value given here replaces the other's value underneath.
             if steps != nil && epochs == nil { t.epochs = nil } else { t.epochs = epochs ?? other.epochs }
             if epochs != nil && steps == nil { t.steps = nil }
@@ -82,6 +87,7 @@ public struct PipelineSpec {
             try Settings.check("checkpoint_every", checkpointEvery, source)
             try Settings.check("log_every", logEvery, source); try Settings.check("patience", patience, source)
             try Settings.check("epochs", epochs, source)
+            try Settings.check("seq_len_warmup", seqLenWarmup, source)
             if steps != nil && epochs != nil {
                 throw MambaKitError(source.location == nil ? .usage : .config,
                                     "\(source.name(Settings.setting("steps"))) and \(source.name(Settings.setting("epochs"))) are two ways to give one budget: give one of them",
@@ -106,6 +112,7 @@ public struct PipelineSpec {
             if let v = checkpointEvery { o.checkpointEvery = v }
             if let v = logEvery { o.logEvery = v }
             if let v = patience { o.patience = v }
+            if let v = seqLenWarmup { o.seqLenWarmup = v }
             return o
         }
     }
@@ -220,7 +227,7 @@ public struct PipelineSpec {
         }
         threads = try Settings.check("threads", try r.int(o, "threads"), r.source(""))
         if task == "lm", let d = try r.map(o, "data") {
-            try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer", "ngram"], in: "data")
+            try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer", "ngram", "token_cache"], in: "data")
             if let n = d["ngram"], !(n is NSNull) {
                 guard let orders = (n as? Int).map({ [$0] }) ?? (n as? [Any])?.compactMap({ $0 as? Int }),
                       orders.count == ((n as? [Any])?.count ?? 1), (1...8).contains(orders.count) else {
@@ -246,6 +253,7 @@ public struct PipelineSpec {
                 trainData = many.compactMap { $0 as? String }
             }
             evalData = try r.string(d, "eval")
+            tokenCache = try r.string(d, "token_cache")
             valFraction = try Settings.check("val_fraction", try r.double(d, "val_fraction"), r.source("data"))
         }
         if let m = try r.map(o, "model") { model = try Self.modelSpec(m, reader: r, in: "model") }
@@ -269,7 +277,7 @@ public struct PipelineSpec {
         if let t = try r.map(o, "train") {
             try r.allow(t, ["steps", "batch_size", "seq_len", "lr", "warmup", "seed", "weight_decay", "grad_clip",
                             "min_lr_ratio", "eval_every", "eval_tokens", "checkpoint_every", "log_every", "patience",
-                            "epochs"],
+                            "epochs", "seq_len_warmup"],
                         in: "train")
             train.steps = try r.int(t, "steps")
             train.batchSize = try r.int(t, "batch_size")
@@ -286,6 +294,7 @@ public struct PipelineSpec {
             train.logEvery = try r.int(t, "log_every")
             train.patience = try r.int(t, "patience")
             train.epochs = try r.int(t, "epochs")
+            train.seqLenWarmup = try r.int(t, "seq_len_warmup")
             if train.epochs != nil { epochsLocation = r.lines["train.epochs"].map { "\(path), line \($0)" } ?? path }
             try train.validate(r.source("train"))
         }

@@ -80,7 +80,7 @@ public final class ClassificationObjective: TrainingObjective {
         validation.reduce(0) { $0 + $1.tokens.count } * (strand == .rcAverage && complement != nil ? 2 : 1)
     }
 
-    public func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int) {
+    public func trainStep(model: MambaModel, rng: inout RNG, step: Int) throws -> (loss: Double, tokens: Int) {
         precondition(model === classifier.model)
         var batch: [[Int32]] = []
         var labels: [Int] = []

@@ -1,10 +1,11 @@
 import Foundation
 
-/// What a `Trainer` optimises. `trainStep` draws its batch from `rng` (so resume is exact), runs forward and backward
-/// into the model's gradients (zeroed by the trainer) and returns the mean loss and the tokens it processed;
+/// What a `Trainer` optimises. `trainStep` (of the 0-based `step`) draws its batch from `rng` (so resume is exact),
+/// runs forward and backward into the model's gradients (zeroed by the trainer) and returns the mean loss and the
+/// tokens it processed;
 /// `validate` returns metrics including `val_loss`, or nil when there is nothing held out.
 public protocol TrainingObjective: AnyObject {
-    func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int)
+    func trainStep(model: MambaModel, rng: inout RNG, step: Int) throws -> (loss: Double, tokens: Int)
     func validate(model: MambaModel) throws -> [String: Double]?
     /// Sizes reported at the start (tokens or sequences, as `sizeUnit` says).
     var trainSize: Int { get }
@@ -19,16 +20,23 @@ extension TrainingObjective {
 }
 
 /// Next-token prediction on random windows of a `TokenCorpus`; validation is the exact NLL of the held-out tails.
+/// With a sequence-length warmup the window of step s is `windowLength(s)` tokens; the workspace is made for the
+/// current length (one at a time, so memory is that of the full length at most).
 public final class LanguageModelObjective: TrainingObjective {
     public let corpus: TokenCorpus
     let B: Int, L: Int, evalTokens: Int
-    let ws: Workspace
+    let config: MambaConfig
+    let windowLength: (Int) -> Int
+    var ws: Workspace
     var ids: [Int32], targets: [Int32]
 
-    public init(corpus: TokenCorpus, config: MambaConfig, batchSize B: Int, seqLen L: Int, evalTokens: Int) {
+    public init(corpus: TokenCorpus, config: MambaConfig, batchSize B: Int, seqLen L: Int, evalTokens: Int,
+                windowLength: @escaping (Int) -> Int = { _ in -1 }) {
         self.corpus = corpus
+        self.config = config
         self.B = B; self.L = L; self.evalTokens = evalTokens
-        ws = Workspace(config: config, B: B, L: L, training: true)
+        self.windowLength = { s in let n = windowLength(s); return n > 0 && n <= L ? n : L }
+        ws = Workspace(config: config, B: B, L: self.windowLength(0), training: true)
         ids = [Int32](repeating: 0, count: B * L)
         targets = [Int32](repeating: 0, count: B * L)
     }
@@ -38,7 +46,13 @@ public final class LanguageModelObjective: TrainingObjective {
     public var sizeUnit: String { "tokens" }
     public var validationTokens: Int { min(evalTokens, corpus.validationTokens) }
 
-    public func trainStep(model: MambaModel, rng: inout RNG) throws -> (loss: Double, tokens: Int) {
+    public func trainStep(model: MambaModel, rng: inout RNG, step: Int) throws -> (loss: Double, tokens: Int) {
+        let L = windowLength(step)
+        if ws.L != L {
+            // Release the old workspace before making the new one, so that peak memory stays that of one.
+            ws = Workspace(config: config, B: 1, L: 1, training: true)
+            ws = Workspace(config: config, B: B, L: L, training: true)
+        }
         try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
         ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
         let (sum, count) = ids.withUnsafeBufferPointer { i in
@@ -56,11 +70,12 @@ public final class LanguageModelObjective: TrainingObjective {
     /// Exact mean NLL over the held-out tails (at most `evalTokens` predicted tokens, spread over the streams).
     public func validationLoss(model: MambaModel) throws -> Double {
         var total = Evaluator.Result(sum: 0, count: 0)
-        let streams = corpus.streams.filter { $0.tokens.count - $0.trainEnd >= 2 }
+        let streams = (0..<corpus.streamCount).filter { corpus.count(ofStream: $0) - corpus.trainEnds[$0] >= 2 }
         guard !streams.isEmpty else { return .nan }
         let per = max(2, evalTokens / streams.count + 1)
         for s in streams {
-            let tail = Array(s.tokens[s.trainEnd..<min(s.tokens.count, s.trainEnd + per)])
+            let end = corpus.trainEnds[s]
+            let tail = try corpus.tokens(ofStream: s, end..<min(corpus.count(ofStream: s), end + per))
             let r = try Evaluator.nll(model: model, tokens: tail, chunk: L)
             total.sum += r.sum
             total.count += r.count
@@ -109,6 +124,9 @@ public final class Trainer {
         public var keepBest = false
         /// Stop after this many validations without a lower validation loss (0: never).
         public var patience = 0
+        /// Language models: over the first `seqLenWarmup` steps the window grows from short to `seqLen`
+        /// (`windowLength(at:)`); 0: always `seqLen`.
+        public var seqLenWarmup = 0
         public init() {}
 
         /// Options as saved in trainer_state.json, checked like every other source of settings: a value of the
@@ -167,6 +185,7 @@ public final class Trainer {
                 keepBest = b
             }
             if let v = try i("patience") { patience = v }
+            if let v = try i("seq_len_warmup") { seqLenWarmup = v }
         }
 
         /// Checks every option against `Settings` (a library caller's options go through the same ranges as flags
@@ -183,6 +202,16 @@ public final class Trainer {
             try Settings.check("log_every", logEvery, source)
             try Settings.check("keep_checkpoints", keepCheckpoints, source)
             try Settings.check("patience", patience, source)
+            try Settings.check("seq_len_warmup", seqLenWarmup, source)
+        }
+
+        /// The window length at `step` (0-based): `seqLen`, or during the first `seqLenWarmup` steps a length
+        /// growing linearly from min(64, seqLen), rounded down to a multiple of 64 (few distinct shapes).
+        public func windowLength(at step: Int) -> Int {
+            guard seqLenWarmup > 0, step < seqLenWarmup else { return seqLen }
+            let start = min(64, seqLen)
+            let grown = start + (seqLen - start) * step / seqLenWarmup
+            return max(start, grown / 64 * 64)
         }
 
         var json: [String: Any] {
@@ -190,7 +219,7 @@ public final class Trainer {
              "warmup": warmup, "weight_decay": weightDecay, "beta1": beta1, "beta2": beta2, "eps": eps,
              "grad_clip": gradClip, "seed": String(seed), "val_fraction": valFraction, "eval_every": evalEvery,
              "eval_tokens": evalTokens, "checkpoint_every": checkpointEvery, "log_every": logEvery,
-             "keep_best": keepBest, "patience": patience]
+             "keep_best": keepBest, "patience": patience, "seq_len_warmup": seqLenWarmup]
         }
     }
 
@@ -229,7 +258,8 @@ public final class Trainer {
     public convenience init(model: MambaModel, corpus: TokenCorpus, options: Options, outDir: String,
                             dataFingerprint: [String]) {
         let objective = LanguageModelObjective(corpus: corpus, config: model.config, batchSize: options.batchSize,
-                                               seqLen: options.seqLen, evalTokens: options.evalTokens)
+                                               seqLen: options.seqLen, evalTokens: options.evalTokens,
+                                               windowLength: options.windowLength(at:))
         self.init(model: model, objective: objective, options: options, outDir: outDir, dataFingerprint: dataFingerprint)
     }
 
@@ -278,7 +308,7 @@ public final class Trainer {
         var windowTokens = 0
         while step < o.steps {
             model.zeroGradients()
-            let (loss, tokens) = try objective.trainStep(model: model, rng: &rng)
+            let (loss, tokens) = try objective.trainStep(model: model, rng: &rng, step: step)
             let gradNorm = AdamW.clipGradients(model.grads, maxNorm: Float(o.gradClip))
             guard loss.isFinite, gradNorm.isFinite else {
                 let last = (try? String(contentsOfFile: checkpointsDir + "/latest", encoding: .utf8))
@@ -298,13 +328,19 @@ public final class Trainer {
             if step == startStep + 1 + Self.estimateSteps && step < o.steps {
                 let perStep = seconds(now - estimateStart) / Double(Self.estimateSteps)
                 let tokensPerStep = Double(estimateTokens) / Double(Self.estimateSteps)
-                let left = o.steps - step
+                // Steps left, in steps of the length just timed (a sequence-length warmup makes later steps
+                // longer: its remaining part is priced at its mean length, halfway to the full one).
+                let timed = Double((step - Self.estimateSteps..<step).reduce(0) { $0 + o.windowLength(at: $1) }) / Double(Self.estimateSteps)
+                let warming = max(0, min(o.seqLenWarmup, o.steps) - step)
+                let full = o.steps - step - warming
+                let lengths = Double(warming) * Double(o.windowLength(at: step) + o.seqLen) / 2 + Double(full) * Double(o.seqLen)
+                let left = lengths / max(timed, 1)
                 let validations = objective.validationSize == 0 ? 0
                     : (o.evalEvery > 0 ? o.steps / o.evalEvery - step / o.evalEvery : 0)
                         + (o.evalEvery > 0 && o.steps % o.evalEvery == 0 ? 0 : 1)
                 let perValidation = perStep * Double(objective.validationTokens) / max(tokensPerStep, 1) / 3
                 events(.estimate(step: step, secondsPerStep: perStep,
-                                 remainingSeconds: Double(left) * perStep + Double(validations) * perValidation,
+                                 remainingSeconds: left * perStep + Double(validations) * perValidation,
                                  validations: validations))
             }
             if step % o.logEvery == 0 || step == o.steps || step == startStep + 1 {
