@@ -76,6 +76,10 @@ struct Train: ParsableCommand {
     var tokenCache: String?
     @Option(name: .customLong("seq-len-warmup"), help: "Grow the window from 64 tokens to --seq-len over the first N steps (default 0: off).")
     var seqLenWarmup: Int?
+    @Flag(name: .customLong("carry-state"), help: "Stateful training: each batch lane reads its stream window after window, carrying the recurrent state across (gradient cut at each window edge).")
+    var carryState = false
+    @Option(name: .customLong("carry-reset"), help: "With --carry-state: restart a lane at a random place with a zero state after N windows (default 0: only at the end of its stream).")
+    var carryReset: Int?
     @OptionGroup var shape: ShapeAndScheduleOptions
     @OptionGroup(title: "DNA (--format fasta)") var dna: DNATokenizerOptions
     @OptionGroup(title: "Audio (--format audio)") var audio: AudioTokenizerOptions
@@ -94,6 +98,8 @@ struct Train: ParsableCommand {
             try file.refuseEpochsForLanguageModel()
             var flags = shape.trainSpec
             flags.seqLenWarmup = seqLenWarmup
+            flags.carryState = carryState ? true : nil
+            flags.carryReset = carryReset
             try flags.validate(.flags)
             let trainSpec = flags.merged(over: file.train)
             if resume { try refuseChangedTokenizer(out: out, dna: dna, audio: audio) }

@@ -265,6 +265,50 @@ func expectUntouched(_ label: String, _ after: [Float], _ before: [Float], insid
         }
     }
 
+    /// A window that continues a carried state: the conv reads K−1 inputs of context before the sequence; its
+    /// backward adds their taps to dweight and, asked, the gradient into the context.
+    @Test(arguments: [2, 4])
+    func causalConv1dFromContext(K: Int) {
+        let buf = Buffers()
+        defer { withExtendedLifetime(buf) {} }
+        let (B, L, ED) = (2, 5, 19)   // ED not a multiple of 16; L > K − 1
+        let ldx = ED + 3
+        var x = randomFloats(B * L * ldx, seed: 41)
+        var weight = randomFloats(ED * K, seed: 42)
+        let bias = randomFloats(ED, seed: 43)
+        var context = randomFloats(B * (K - 1) * ED, seed: 44)
+        let w = randomFloats(B * L * ED, seed: 45)
+        for silu in [false, true] {
+            func loss(_ x: [Float], _ weight: [Float], _ context: [Float]) -> Double {
+                let buf = Buffers()
+                defer { withExtendedLifetime(buf) {} }
+                let out = buf(count: B * L * ED), act = buf(count: B * L * ED)
+                CausalConv1d.forward(out: out.ptr, x: buf(x).ptr, ldx: ldx, weight: buf(weight).ptr, bias: buf(bias).ptr,
+                                     context: buf(context).ptr, B: B, L: L, ED: ED, K: K, silu: silu ? act.ptr : nil)
+                return linearFunctional(silu ? act.ptr : out.ptr, ld: ED, rows: B * L, cols: ED, w)
+            }
+            let pre = buf(count: B * L * ED), act = buf(count: B * L * ED)
+            CausalConv1d.forward(out: pre.ptr, x: buf(x).ptr, ldx: ldx, weight: buf(weight).ptr, bias: buf(bias).ptr,
+                                 context: buf(context).ptr, B: B, L: L, ED: ED, K: K, silu: act.ptr)
+            let (dx0, dW0, dc0) = (randomFloats(B * L * ldx, seed: 46), randomFloats(ED * K, seed: 47),
+                                   randomFloats(context.count, seed: 48))
+            let (dx, dW, dc) = (buf(dx0), buf(dW0), buf(dc0))
+            CausalConv1d.backward(dx: dx.ptr, lddx: ldx, dweight: dW.ptr, dbias: nil, dout: buf(w).ptr, x: buf(x).ptr,
+                                  ldx: ldx, weight: buf(weight).ptr, B: B, L: L, ED: ED, K: K,
+                                  siluPre: silu ? UnsafePointer(pre.ptr) : nil, context: buf(context).ptr,
+                                  dcontext: dc.ptr)
+            let tag = "conv from context K=\(K) silu=\(silu)"
+            // Bilinear without SiLU (exact up to rounding); with SiLU smooth, h = 1e-2 truncation ~1e-5 relative.
+            checkGradient("\(tag) dx", &x, analytic: increment(dx.array, dx0), indices: blockIndices(rows: B * L, cols: ED, ld: ldx),
+                          h: 1e-2, atol: 2e-4, rtol: 1e-3) { loss($0, weight, context) }
+            checkGradient("\(tag) dweight", &weight, analytic: increment(dW.array, dW0), indices: Array(0..<(ED * K)),
+                          h: 1e-2, atol: 2e-4, rtol: 1e-3) { loss(x, $0, context) }
+            checkGradient("\(tag) dcontext", &context, analytic: increment(dc.array, dc0), indices: Array(context.indices),
+                          h: 1e-2, atol: 2e-4, rtol: 1e-3) { loss(x, weight, $0) }
+            #expect(largestMagnitude(increment(dc.array, dc0)) > 0)
+        }
+    }
+
     @Test func silu() {
         let buf = Buffers()
         defer { withExtendedLifetime(buf) {} }

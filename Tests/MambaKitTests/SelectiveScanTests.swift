@@ -56,6 +56,8 @@ func runScan(_ c: ScanCase, _ x: ScanCase.Inputs, simd: Bool,
 /// Gradients of one backward (what it added to random initial values).
 struct ScanGrads {
     var du, ddelta, dAt, dxdbl, dD: [Float]
+    /// The SIMD backward's gradient into h0 (empty for the reference).
+    var dh0: [Float] = []
 }
 
 func scanBackward(_ c: ScanCase, _ x: ScanCase.Inputs, dy: [Float], simd: Bool) -> ScanGrads {
@@ -72,6 +74,8 @@ func scanBackward(_ c: ScanCase, _ x: ScanCase.Inputs, dy: [Float], simd: Bool) 
     let (du, ddl, dAt, dxd, dD) = (buf(start.du), buf(start.ddelta), buf(start.dAt), buf(start.dxdbl),
                                    buf(start.dD))
     let g = buf(dy)
+    let dh0Start = randomFloats(s.B * s.N * s.ED, seed: 906)
+    let dh0 = buf(dh0Start)
     if simd {
         let chk = buf(count: SelectiveScanSIMD.checkpointCount(dims: s))
         SelectiveScanSIMD.forward(y: buf(count: s.B * s.L * s.ED).ptr, hOut: nil, u: u.ptr, delta: dl.ptr, At: At.ptr,
@@ -80,7 +84,7 @@ func scanBackward(_ c: ScanCase, _ x: ScanCase.Inputs, dy: [Float], simd: Bool) 
         SelectiveScanSIMD.backward(du: du.ptr, ddelta: ddl.ptr, dAt: dAt.ptr, dBm: dxd.ptr + c.R,
                                    dCm: dxd.ptr + c.R + c.N, dD: dD.ptr, dy: g.ptr, u: u.ptr, delta: dl.ptr,
                                    At: At.ptr, Bm: xd.ptr + c.R, Cm: xd.ptr + c.R + c.N, D: D.ptr,
-                                   checkpoints: chk.ptr, dims: s)
+                                   checkpoints: chk.ptr, dims: s, dh0: dh0.ptr)
     } else {
         SelectiveScan.backwardReference(du: du.ptr, ddelta: ddl.ptr, dAt: dAt.ptr, dBm: dxd.ptr + c.R,
                                         dCm: dxd.ptr + c.R + c.N, dD: dD.ptr, dy: g.ptr, u: u.ptr, delta: dl.ptr,
@@ -90,9 +94,11 @@ func scanBackward(_ c: ScanCase, _ x: ScanCase.Inputs, dy: [Float], simd: Bool) 
     let dxdbl = dxd.array
     expectUntouched("\(c) \(simd ? "simd" : "reference") dt_low columns of dxdbl", dxdbl, start.dxdbl,
                     inside: c.bcIndices)
-    return ScanGrads(du: increment(du.array, start.du), ddelta: increment(ddl.array, start.ddelta),
+    var grads = ScanGrads(du: increment(du.array, start.du), ddelta: increment(ddl.array, start.ddelta),
                      dAt: increment(dAt.array, start.dAt), dxdbl: increment(dxdbl, start.dxdbl),
                      dD: increment(dD.array, start.dD))
+    if simd { grads.dh0 = increment(dh0.array, dh0Start) }
+    return grads
 }
 
 /// The selective scan: finite differences of both backwards (reference and SIMD) with respect to every input, and the
@@ -137,6 +143,14 @@ func scanBackward(_ c: ScanCase, _ x: ScanCase.Inputs, dy: [Float], simd: Bool) 
                       atol: tol(g.dxdbl), rtol: 1e-3) { b in var y = x; y.xdbl = b; return loss(y) }
         checkGradient("\(tag) dD", &D, analytic: g.dD, indices: all(c.ED), h: 1e-2,
                       atol: tol(g.dD), rtol: 1e-3) { d in var y = x; y.D = d; return loss(y) }
+        // The gradient into the initial state (training from a carried state): y is linear in h0.
+        if simd && c.withH0 {
+            var h0 = x.h0
+            checkGradient("\(tag) dh0", &h0, analytic: g.dh0,
+                          indices: sampleIndices(all(c.B * c.N * c.ED), count: sample, analytic: g.dh0, seed: 5), h: 1e-2,
+                          atol: tol(g.dh0), rtol: 1e-3) { h in var y = x; y.h0 = h; return loss(y) }
+            #expect(largestMagnitude(g.dh0) > 0, "\(tag) dh0 is all zero")
+        }
         for (name, grad) in [("du", g.du), ("ddelta", g.ddelta), ("dAt", g.dAt), ("dxdbl", g.dxdbl), ("dD", g.dD)] {
             #expect(largestMagnitude(grad) > 0, "\(tag) \(name) is all zero")
         }

@@ -25,6 +25,9 @@ public protocol Block: AnyObject {
     func makeStepper(params: Arena, batch: Int, weights: StepWeights) -> BlockStepper
     /// Parameters read by the step's projections (what `StepWeights.bf16` rounds).
     var projectionParameters: Int { get }
+    /// Whether `backward` holds after a training `forward` from a carried state (the state treated as a constant:
+    /// truncated backpropagation through time). Attention, whose state is the whole past, does not.
+    var trainsFromCarriedState: Bool { get }
 
     /// `out (B, L, D) = f(inp (B, L, D))`. With `state`, the sequences continue from it and it is advanced.
     /// `observe` sees what the block can show of its inner working per position (Mamba's selective Δ), as
@@ -40,6 +43,10 @@ public protocol Block: AnyObject {
     /// in Double from the Float parameters and input to the output; the tests hold `forward`, `step` and (by finite
     /// differences) `backward` to it.
     func forwardReference(out: UnsafeMutablePointer<Double>, inp: UnsafePointer<Float>, B: Int, L: Int, params: Arena)
+}
+
+extension Block {
+    public var trainsFromCarriedState: Bool { kind != .attention }
 }
 
 /// The kinds of block, written as in arXiv 2406.07887's pattern notation.
@@ -84,6 +91,13 @@ public protocol BlockState: AnyObject {
     func reset()
     /// Bytes held (for generation's memory report).
     var bytes: Int { get }
+    /// The state's tensors, each batch-major (sequence b is the b-th of `batch` equal slices): what a checkpoint of
+    /// stateful training saves, and what restarting one sequence zeroes. Empty for blocks without a fixed-size state.
+    var tensors: [FloatBuffer] { get }
+}
+
+extension BlockState {
+    public var tensors: [FloatBuffer] { [] }
 }
 
 /// The one-token step of a block: `out (B, D) = f(inp (B, D))`, advancing `state`.

@@ -90,7 +90,12 @@ public final class Mamba1Block: Block {
         /// `[x | z]` `(BL, 2ED)`, conv output before SiLU and u after it `(BL, ED)`, `[dt_low | B | C]`
         /// `(BL, R + 2N)`, Δ and y `(BL, ED)`, scan checkpoints.
         let xz, convPre, u, xdbl, delta, y, chk: FloatBuffer
-        init(_ blk: Mamba1Block, BL: Int, chk: Int) {
+        /// Training from a carried state: the conv inputs before the window `(B, K−1, ED)` (the scan's h0 is its
+        /// first checkpoint).
+        let context: FloatBuffer
+        var continued = false
+        init(_ blk: Mamba1Block, BL: Int, chk: Int, contextCount: Int) {
+            context = FloatBuffer(count: contextCount)
             xz = FloatBuffer(count: BL * 2 * blk.ED)
             convPre = FloatBuffer(count: BL * blk.ED)
             u = FloatBuffer(count: BL * blk.ED)
@@ -99,7 +104,7 @@ public final class Mamba1Block: Block {
             y = FloatBuffer(count: BL * blk.ED)
             self.chk = FloatBuffer(count: chk)
         }
-        var floats: Int { [xz, convPre, u, xdbl, delta, y, chk].reduce(0) { $0 + $1.count } }
+        var floats: Int { [xz, convPre, u, xdbl, delta, y, chk, context].reduce(0) { $0 + $1.count } }
     }
 
     final class Work: BlockScratch {
@@ -130,12 +135,13 @@ public final class Mamba1Block: Block {
             ssm = FloatBuffer(count: batch * blk.N * blk.ED)
         }
         public func reset() { conv.zero(); ssm.zero() }
+        public var tensors: [FloatBuffer] { [conv, ssm] }
         public var bytes: Int { (conv.count + ssm.count) * 4 }
     }
 
     public func makeActivations(B: Int, L: Int, training: Bool) -> BlockActivations {
         let chk = training ? SelectiveScanSIMD.checkpointCount(dims: ScanDims(B: B, L: L, ED: ED, N: N, ldbc: 0)) : 0
-        return Saved(self, BL: B * L, chk: chk)
+        return Saved(self, BL: B * L, chk: chk, contextCount: training ? B * max(K - 1, 0) * ED : 0)
     }
 
     public func makeScratch(B: Int, L: Int, training: Bool) -> BlockScratch { Work(self, BL: B * L, training: training) }
@@ -159,6 +165,10 @@ public final class Mamba1Block: Block {
                        bias: v.inB.map { p.ptr($0) }, M: BL, I: D, O: 2 * ED)
         // u = SiLU(conv1d(x))
         let ctx = st.map { UnsafePointer($0.conv.ptr) }
+        if training {
+            a.continued = st != nil
+            if let st { a.context.ptr.update(from: st.conv.ptr, count: a.context.count) }
+        }
         CausalConv1d.forward(out: a.convPre.ptr, x: a.xz.ptr, ldx: 2 * ED, weight: p.ptr(v.convW),
                              bias: v.convB.map { p.ptr($0) }, context: ctx, B: B, L: L, ED: ED, K: K, silu: a.u.ptr)
         if let st {
@@ -230,7 +240,8 @@ public final class Mamba1Block: Block {
         // SiLU after the conv, and the conv (one pass)
         CausalConv1d.backward(dx: w.dxz.ptr, lddx: 2 * ED, dweight: g.ptr(v.convW),
                               dbias: v.convB.map { g.ptr($0) }, dout: w.du.ptr, x: a.xz.ptr, ldx: 2 * ED,
-                              weight: p.ptr(v.convW), B: B, L: L, ED: ED, K: K, siluPre: a.convPre.ptr)
+                              weight: p.ptr(v.convW), B: B, L: L, ED: ED, K: K, siluPre: a.convPre.ptr,
+                              context: a.continued ? UnsafePointer(a.context.ptr) : nil)
         // in_proj
         Linear.backward(dinp: dinp, lddi: D, dweight: g.ptr(v.inW), dbias: v.inB.map { g.ptr($0) },
                         dout: w.dxz.ptr, lddo: 2 * ED, inp: inp, ldi: D, weight: p.ptr(v.inW),

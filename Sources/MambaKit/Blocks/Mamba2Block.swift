@@ -90,7 +90,12 @@ public final class Mamba2Block: Block {
         /// in_proj's output `(BL, W)`, the conv output before and after SiLU `(BL, C)`, Δ `(BL, H)`, y `(BL, ED)`,
         /// the gated norm's rstd `(BL, G)` and output `(BL, ED)` (training only), SSD chunk-start states.
         let zxbcdt, convPre, xbc, delta, y, rstd, normed, chunkStates: FloatBuffer
-        init(_ k: Mamba2Block, BL: Int, states: Int, training: Bool) {
+        /// Training from a carried state: the conv inputs before the window `(B, K−1, ED + 2GN)` (the SSD's h0 is
+        /// its first chunk state).
+        let context: FloatBuffer
+        var continued = false
+        init(_ k: Mamba2Block, BL: Int, states: Int, training: Bool, contextCount: Int) {
+            context = FloatBuffer(count: contextCount)
             zxbcdt = FloatBuffer(count: BL * k.W)
             convPre = FloatBuffer(count: BL * k.C)
             xbc = FloatBuffer(count: BL * k.C)
@@ -100,7 +105,7 @@ public final class Mamba2Block: Block {
             normed = FloatBuffer(count: training ? BL * k.ED : 0)
             chunkStates = FloatBuffer(count: states)
         }
-        var floats: Int { [zxbcdt, convPre, xbc, delta, y, rstd, normed, chunkStates].reduce(0) { $0 + $1.count } }
+        var floats: Int { [zxbcdt, convPre, xbc, delta, y, rstd, normed, chunkStates, context].reduce(0) { $0 + $1.count } }
     }
 
     final class Work: BlockScratch {
@@ -129,11 +134,13 @@ public final class Mamba2Block: Block {
             ssm = FloatBuffer(count: batch * k.H * k.P * k.N)
         }
         public func reset() { conv.zero(); ssm.zero() }
+        public var tensors: [FloatBuffer] { [conv, ssm] }
         public var bytes: Int { (conv.count + ssm.count) * 4 }
     }
 
     public func makeActivations(B: Int, L: Int, training: Bool) -> BlockActivations {
-        Saved(self, BL: B * L, states: training ? SSD.stateCount(dims: dims(B, L)) : 0, training: training)
+        Saved(self, BL: B * L, states: training ? SSD.stateCount(dims: dims(B, L)) : 0, training: training,
+              contextCount: training ? B * max(K - 1, 0) * C : 0)
     }
 
     public func makeScratch(B: Int, L: Int, training: Bool) -> BlockScratch { Work(self, BL: B * L, training: training) }
@@ -294,6 +301,10 @@ public final class Mamba2Block: Block {
         // [x | B | C] = SiLU(conv1d(xBC))
         let xBC = a.zxbcdt.ptr + ED
         let ctx = st.map { UnsafePointer($0.conv.ptr) }
+        if training {
+            a.continued = st != nil
+            if let st { a.context.ptr.update(from: st.conv.ptr, count: a.context.count) }
+        }
         CausalConv1d.forward(out: a.convPre.ptr, x: xBC, ldx: W, weight: p.ptr(convW), bias: convB.map { p.ptr($0) },
                              context: ctx, B: B, L: L, ED: C, K: K, silu: a.xbc.ptr)
         if let st { CausalConv1d.nextContext(into: st.conv.ptr, x: xBC, ldx: W, context: ctx, B: B, L: L, ED: C, K: K) }
@@ -367,7 +378,8 @@ public final class Mamba2Block: Block {
         // SiLU after the conv, and the conv, into xBC's columns of dzxbcdt (one pass).
         CausalConv1d.backward(dx: dz + ED, lddx: W, dweight: g.ptr(convW), dbias: convB.map { g.ptr($0) },
                               dout: w.dxbc.ptr, x: a.zxbcdt.ptr + ED, ldx: W, weight: p.ptr(convW), B: B, L: L,
-                              ED: C, K: K, accumulate: false, siluPre: a.convPre.ptr)
+                              ED: C, K: K, accumulate: false, siluPre: a.convPre.ptr,
+                              context: a.continued ? UnsafePointer(a.context.ptr) : nil)
         // in_proj
         Linear.backward(dinp: dinp, lddi: D, dweight: g.ptr(inW), dbias: inB.map { g.ptr($0) }, dout: dz, lddo: W,
                         inp: inp, ldi: D, weight: p.ptr(inW), M: BL, I: D, O: W)

@@ -96,8 +96,46 @@ public final class TokenCorpus {
     /// For one window length: the streams with room for a window, and the running total of their start positions.
     private var windowTable: (L: Int, streams: [Int], cumulative: [Int])?
 
-    /// Fills `ids` and `targets` (each B·L) with B random windows of the training parts.
-    public func sampleBatch(B: Int, L: Int, rng: inout RNG, ids: inout [Int32], targets: inout [Int32]) throws {
+    /// A batch lane of stateful training: the stream it walks, where its next window starts, and the windows it has
+    /// read since it last started.
+    public struct Lane: Equatable, Sendable {
+        public var stream: Int, position: Int, windows: Int
+        public init(stream: Int, position: Int, windows: Int) {
+            self.stream = stream; self.position = position; self.windows = windows
+        }
+    }
+
+    /// Stateful training: fills `ids` and `targets` (each B·L, B = lanes.count) with each lane's next window of
+    /// L+1 tokens (inputs t…t+L−1, targets t+1…t+L; the next window starts at t+L, so windows tile the stream).
+    /// A lane starts afresh — a random start drawn as `sampleBatch` draws one — when it has none yet, when its
+    /// stream's training part has no room for the window, or when it has read `reset` windows (0: never).
+    /// Returns the lanes that started afresh: their recurrent state must be zeroed.
+    public func nextWindows(lanes: inout [Lane?], L: Int, reset: Int, rng: inout RNG,
+                            ids: inout [Int32], targets: inout [Int32]) throws -> [Int] {
+        var restarted: [Int] = []
+        var window = [Int32](repeating: 0, count: L + 1)
+        for b in lanes.indices {
+            let goesOn = lanes[b].map { $0.position + L + 1 <= trainEnds[$0.stream] && (reset == 0 || $0.windows < reset) } ?? false
+            if !goesOn {
+                let (stream, start) = try drawWindow(L: L, rng: &rng)
+                lanes[b] = Lane(stream: stream, position: start, windows: 0)
+                restarted.append(b)
+            }
+            let lane = lanes[b]!
+            try window.withUnsafeMutableBufferPointer {
+                try read(stream: lane.stream, from: lane.position, count: L + 1, into: $0.baseAddress!)
+            }
+            for t in 0..<L {
+                ids[b * L + t] = window[t]
+                targets[b * L + t] = window[t + 1]
+            }
+            lanes[b] = Lane(stream: lane.stream, position: lane.position + L, windows: lane.windows + 1)
+        }
+        return restarted
+    }
+
+    /// A random window start: the stream with probability proportional to its valid starts, then a uniform start.
+    func drawWindow(L: Int, rng: inout RNG) throws -> (stream: Int, start: Int) {
         if windowTable?.L != L {
             // Streams long enough for one window of L+1 tokens; stream k has trainEnd − L valid starts.
             var streams: [Int] = [], cumulative: [Int] = []
@@ -114,19 +152,24 @@ public final class TokenCorpus {
             let longest = trainEnds.max() ?? 0
             throw MambaKitError(.usage, "sequence length \(L) needs at least \(L + 1) training tokens in one file; the longest training part has \(longest) (lower --seq-len or --val-fraction)")
         }
+        // Each valid start position is equally likely.
+        let draw = rng.int(below: total)
+        // The first stream whose running total exceeds the draw.
+        var lo = 0, hi = cumulative.count - 1
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if cumulative[mid] > draw { hi = mid } else { lo = mid + 1 }
+        }
+        return (streams[lo], draw - (lo > 0 ? cumulative[lo - 1] : 0))
+    }
+
+    /// Fills `ids` and `targets` (each B·L) with B random windows of the training parts.
+    public func sampleBatch(B: Int, L: Int, rng: inout RNG, ids: inout [Int32], targets: inout [Int32]) throws {
         var window = [Int32](repeating: 0, count: L + 1)
         for b in 0..<B {
-            // Each valid start position is equally likely.
-            let draw = rng.int(below: total)
-            // The first stream whose running total exceeds the draw.
-            var lo = 0, hi = cumulative.count - 1
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if cumulative[mid] > draw { hi = mid } else { lo = mid + 1 }
-            }
-            let start = draw - (lo > 0 ? cumulative[lo - 1] : 0)
+            let (stream, start) = try drawWindow(L: L, rng: &rng)
             try window.withUnsafeMutableBufferPointer {
-                try read(stream: streams[lo], from: start, count: L + 1, into: $0.baseAddress!)
+                try read(stream: stream, from: start, count: L + 1, into: $0.baseAddress!)
             }
             for t in 0..<L {
                 ids[b * L + t] = window[t]

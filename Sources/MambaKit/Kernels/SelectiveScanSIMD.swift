@@ -59,14 +59,16 @@ public enum SelectiveScanSIMD {
         }
     }
 
-    /// Needs the `checkpoints` written by `forward` on the same inputs.
+    /// Needs the `checkpoints` written by `forward` on the same inputs (the first of each sequence is its h0, so a
+    /// forward from a carried state is differentiated as such). With `dh0`, dh0 += ∂L/∂h0 `(B, N, ED)`.
     public static func backward(
         du: UnsafeMutablePointer<Float>, ddelta: UnsafeMutablePointer<Float>, dAt: UnsafeMutablePointer<Float>,
         dBm: UnsafeMutablePointer<Float>, dCm: UnsafeMutablePointer<Float>, dD: UnsafeMutablePointer<Float>,
         dy: UnsafePointer<Float>,
         u: UnsafePointer<Float>, delta: UnsafePointer<Float>, At: UnsafePointer<Float>,
         Bm: UnsafePointer<Float>, Cm: UnsafePointer<Float>, D: UnsafePointer<Float>,
-        checkpoints: UnsafePointer<Float>, dims s: ScanDims, scratch: Scratch = Scratch()
+        checkpoints: UnsafePointer<Float>, dims s: ScanDims, scratch: Scratch = Scratch(),
+        dh0: UnsafeMutablePointer<Float>? = nil
     ) {
         let (L, ED, N) = (s.L, s.ED, s.N)
         let nBlocks = (ED + 15) / 16
@@ -139,6 +141,13 @@ public enum SelectiveScanSIMD {
                             let pu = du + row * ED + d0, pd = ddelta + row * ED + d0
                             storeF16x(loadF16x(pu, w) + duv, pu, w)
                             storeF16x(loadF16x(pd, w) + ddl, pd, w)
+                        }
+                    }
+                    // gnext now holds ∂L/∂h_{−1}: the gradient into the initial state.
+                    if let dh0 {
+                        for n in 0..<N {
+                            let p = dh0 + (b * N + n) * ED + d0
+                            storeF16x(loadF16x(p, w) + gnext[n], p, w)
                         }
                     }
                 }

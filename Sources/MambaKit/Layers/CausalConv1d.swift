@@ -93,8 +93,9 @@ public enum CausalConv1d {
     }
 
     /// dx += ∂L/∂x (rows of stride `lddx`; with `accumulate: false`, dx = ∂L/∂x, so the caller need not zero it),
-    /// dweight += ∂L/∂w, dbias += ∂L/∂b. Gradients into the context are not needed (training always starts from
-    /// zeros). With `siluPre` (the conv's output, saved by forward), `dout` is the gradient of SiLU(out) and
+    /// dweight += ∂L/∂w, dbias += ∂L/∂b. With `context` (the `(B, K−1, ED)` inputs before the sequence that forward
+    /// read; nil: zeros), dweight includes the taps that read it, and with `dcontext`, dcontext += ∂L/∂context
+    /// (a window that continues a carried state). With `siluPre` (the conv's output, saved by forward), `dout` is the gradient of SiLU(out) and
     /// SiLU′ is applied here, in blocks of rows kept in cache, instead of in a pass of its own.
     ///
     /// One pass: each worker takes a range of rows in blocks of 32; per block it forms the conv output gradient
@@ -104,7 +105,8 @@ public enum CausalConv1d {
                                 dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?,
                                 dout: UnsafePointer<Float>, x: UnsafePointer<Float>, ldx: Int,
                                 weight: UnsafePointer<Float>, B: Int, L: Int, ED: Int, K: Int,
-                                accumulate: Bool = true, siluPre: UnsafePointer<Float>? = nil) {
+                                accumulate: Bool = true, siluPre: UnsafePointer<Float>? = nil,
+                                context: UnsafePointer<Float>? = nil, dcontext: UnsafeMutablePointer<Float>? = nil) {
         let rows = B * L
         guard rows > 0, ED > 0 else { return }
         let wT = transposedTaps(weight, ED: ED, K: K)
@@ -144,9 +146,15 @@ public enum CausalConv1d {
                         storeF16x(v, gx + c, n)
                         // dweight[k] += go ⊙ x[t − (K−1) + k];  dbias += go
                         let gv = loadF16x(go + c, n)
-                        for k in 0..<K where t - (K - 1) + k >= 0 {
+                        for k in 0..<K {
+                            let src = t - (K - 1) + k
                             let a = acc + k * ED + c
-                            storeF16x(loadF16x(a, n) + gv * loadF16x(x + (row - (K - 1) + k) * ldx + c, n), a, n)
+                            if src >= 0 {
+                                storeF16x(loadF16x(a, n) + gv * loadF16x(x + (row - (K - 1) + k) * ldx + c, n), a, n)
+                            } else if let context {
+                                let cr = context + ((row / L) * (K - 1) + (K - 1 + src)) * ED
+                                storeF16x(loadF16x(a, n) + gv * loadF16x(cr + c, n), a, n)
+                            }
                         }
                         let ab = acc + K * ED + c
                         storeF16x(loadF16x(ab, n) + gv, ab, n)
@@ -161,6 +169,26 @@ public enum CausalConv1d {
             for d in 0..<ED {
                 for k in 0..<K { dweight[d * K + k] += acc[k * ED + d] }
                 dbias?[d] += acc[K * ED + d]
+            }
+        }
+        // The context feeds the first K−1 outputs of each sequence: context row j (position j − (K−1)) reaches
+        // output t ≤ j through tap j − t.
+        if let dcontext, K > 1 {
+            var g = [Float](repeating: 0, count: ED)
+            for b in 0..<B {
+                for t in 0..<min(K - 1, L) {
+                    let row = b * L + t
+                    if let pre = siluPre {
+                        g.withUnsafeMutableBufferPointer { siluGradRow($0.baseAddress!, dout + row * ED, pre + row * ED, ED) }
+                    } else {
+                        for d in 0..<ED { g[d] = dout[row * ED + d] }
+                    }
+                    for j in t..<(K - 1) {
+                        let tap = j - t
+                        let dc = dcontext + (b * (K - 1) + j) * ED
+                        for d in 0..<ED { dc[d] += weight[d * K + tap] * g[d] }
+                    }
+                }
             }
         }
     }

@@ -58,13 +58,18 @@ extension MambaModel {
                         M: BL, D: D, eps: c.layerNormEpsilon)
     }
 
+    /// Whether training may continue a carried state (truncated backpropagation through time): a flat stack whose
+    /// blocks all allow it (`Block.trainsFromCarriedState`: not attention; not the multi-scale backbone, whose
+    /// pooled stages continue only at multiples of their period).
+    public var trainsFromCarriedState: Bool { unet == nil && blocks.allSatisfy(\.trainsFromCarriedState) }
+
     /// Backward of the mean cross-entropy of `forward`'s logits against `targets` `(B, L)` (−100 = ignored).
     /// Accumulates into `grads` and returns (Σ NLL, counted tokens). Call after `forward` on a training workspace.
     @discardableResult
     public func backward(ids: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, ws: Workspace,
                          lossScale: Float? = nil) -> (sum: Double, count: Int) {
         precondition(ws.training, "backward needs a training workspace")
-        precondition(!ws.continuedState, "backward after a forward from a carried state is not supported")
+        precondition(!ws.continuedState || trainsFromCarriedState, "backward after a forward from a carried state needs blocks that allow it")
         let (B, L) = (ws.B, ws.L)
         let BL = B * L
         let (D, V) = (config.hiddenSize, config.vocabSize)
@@ -89,7 +94,7 @@ extension MambaModel {
     /// Accumulates into `grads`. Call after `forward` or `forwardBackbone` on a training workspace.
     public func backwardBackbone(ids: UnsafePointer<Int32>, ws: Workspace) {
         precondition(ws.training, "backward needs a training workspace")
-        precondition(!ws.continuedState, "backward after a forward from a carried state is not supported")
+        precondition(!ws.continuedState || trainsFromCarriedState, "backward after a forward from a carried state needs blocks that allow it")
         if unet != nil { return backwardUNet(ws: ws) }
         let c = config
         let (B, L) = (ws.B, ws.L)

@@ -30,6 +30,18 @@ public final class RecurrentState {
         pools?.reset()
     }
 
+    /// Every layer's state tensors, batch-major (`BlockState.tensors`).
+    public var tensors: [FloatBuffer] { layers.flatMap(\.tensors) }
+
+    /// Zeroes sequence `b`'s state (of a flat stack; the pools of the multi-scale backbone are not per sequence).
+    public func reset(sequence b: Int) {
+        precondition(pools == nil, "per-sequence reset of the multi-scale backbone")
+        for t in tensors {
+            let n = t.count / batch
+            (t.ptr + b * n).update(repeating: 0, count: n)
+        }
+    }
+
     /// Bytes held, for the memory report of generation.
     public var bytes: Int { layers.reduce(pools?.bytes ?? 0) { $0 + $1.bytes } }
 }

@@ -197,8 +197,8 @@ public enum ClassificationTask {
     public static func train(_ s: Settings, model modelSpec: ModelSpec, train trainSpec: PipelineSpec.TrainSpec,
                              events: (Trainer.Event) -> Void, shouldStop: () -> Bool) throws -> (Trainer, ClassificationObjective) {
         // The run directory is ours from before a resume reads it until training ends.
-        if trainSpec.seqLenWarmup != nil {
-            throw MambaKitError(.usage, "seq_len_warmup grows a language model's windows; a classifier reads whole sequences")
+        if trainSpec.seqLenWarmup != nil || trainSpec.carryState != nil || trainSpec.carryReset != nil {
+            throw MambaKitError(.usage, "seq_len_warmup, carry_state and carry_reset are for language models' windows; a classifier reads whole sequences")
         }
         let lock = try RunLock(directory: s.out)
         defer { withExtendedLifetime(lock) {} }

@@ -53,6 +53,8 @@ public struct PipelineSpec {
         public var evalEvery: Int?, evalTokens: Int?, checkpointEvery: Int?, logEvery: Int?
         /// Language models: steps over which the window grows to `seqLen`.
         public var seqLenWarmup: Int?
+        /// Language models: stateful training (`Trainer.Options.carryState`), and windows before a lane restarts.
+        public var carryState: Bool?, carryReset: Int?
         /// Early stopping (classification): validations without improvement before stopping.
         public var patience: Int?
         /// Classification: passes over the training sequences (instead of `steps`).
@@ -70,6 +72,8 @@ public struct PipelineSpec {
             t.logEvery = logEvery ?? other.logEvery
             t.patience = patience ?? other.patience
             t.seqLenWarmup = seqLenWarmup ?? other.seqLenWarmup
+            t.carryState = carryState ?? other.carryState
+            t.carryReset = carryReset ?? other.carryReset
             // Steps and epochs are one budget: a value given here replaces the other's value underneath.
             if steps != nil && epochs == nil { t.epochs = nil } else { t.epochs = epochs ?? other.epochs }
             if epochs != nil && steps == nil { t.steps = nil }
@@ -88,6 +92,7 @@ public struct PipelineSpec {
             try Settings.check("log_every", logEvery, source); try Settings.check("patience", patience, source)
             try Settings.check("epochs", epochs, source)
             try Settings.check("seq_len_warmup", seqLenWarmup, source)
+            try Settings.check("carry_reset", carryReset, source)
             if steps != nil && epochs != nil {
                 throw MambaKitError(source.location == nil ? .usage : .config,
                                     "\(source.name(Settings.setting("steps"))) and \(source.name(Settings.setting("epochs"))) are two ways to give one budget: give one of them",
@@ -113,6 +118,8 @@ public struct PipelineSpec {
             if let v = logEvery { o.logEvery = v }
             if let v = patience { o.patience = v }
             if let v = seqLenWarmup { o.seqLenWarmup = v }
+            if let v = carryState { o.carryState = v }
+            if let v = carryReset { o.carryReset = v }
             return o
         }
     }
@@ -277,7 +284,7 @@ public struct PipelineSpec {
         if let t = try r.map(o, "train") {
             try r.allow(t, ["steps", "batch_size", "seq_len", "lr", "warmup", "seed", "weight_decay", "grad_clip",
                             "min_lr_ratio", "eval_every", "eval_tokens", "checkpoint_every", "log_every", "patience",
-                            "epochs", "seq_len_warmup"],
+                            "epochs", "seq_len_warmup", "carry_state", "carry_reset"],
                         in: "train")
             train.steps = try r.int(t, "steps")
             train.batchSize = try r.int(t, "batch_size")
@@ -295,6 +302,8 @@ public struct PipelineSpec {
             train.patience = try r.int(t, "patience")
             train.epochs = try r.int(t, "epochs")
             train.seqLenWarmup = try r.int(t, "seq_len_warmup")
+            train.carryState = try r.bool(t, "carry_state")
+            train.carryReset = try r.int(t, "carry_reset")
             if train.epochs != nil { epochsLocation = r.lines["train.epochs"].map { "\(path), line \($0)" } ?? path }
             try train.validate(r.source("train"))
         }

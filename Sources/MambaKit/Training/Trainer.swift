@@ -13,10 +13,17 @@ public protocol TrainingObjective: AnyObject {
     var sizeUnit: String { get }
     /// Tokens one validation runs forward (for the trainer's time estimate; 0 when unknown).
     var validationTokens: Int { get }
+    /// What a checkpoint must hold beyond the RNG for an exact resume (stateful training's lanes and states): JSON
+    /// for trainer_state.json's `objective`, tensors for training_state.safetensors.
+    func checkpointState() -> (json: [String: Any], tensors: [SafeTensorOut])
+    /// Restores what `checkpointState` saved (`json` nil: nothing was saved), checking it.
+    func restore(json: Any?, tensors: SafeTensorsFile, at location: String) throws
 }
 
 extension TrainingObjective {
     public var validationTokens: Int { 0 }
+    public func checkpointState() -> (json: [String: Any], tensors: [SafeTensorOut]) { ([:], []) }
+    public func restore(json: Any?, tensors: SafeTensorsFile, at location: String) throws {}
 }
 
 /// Next-token prediction on random windows of a `TokenCorpus`; validation is the exact NLL of the held-out tails.
@@ -29,9 +36,16 @@ public final class LanguageModelObjective: TrainingObjective {
     let windowLength: (Int) -> Int
     var ws: Workspace
     var ids: [Int32], targets: [Int32]
+    /// Stateful training: windows a lane reads before it restarts (0: never); nil: independent random windows.
+    let carryReset: Int?
+    /// Stateful training: each lane's place in its stream, and the recurrent state of every lane.
+    public private(set) var lanes: [TokenCorpus.Lane?]
+    var state: RecurrentState?
 
     public init(corpus: TokenCorpus, config: MambaConfig, batchSize B: Int, seqLen L: Int, evalTokens: Int,
-                windowLength: @escaping (Int) -> Int = { _ in -1 }) {
+                windowLength: @escaping (Int) -> Int = { _ in -1 }, carryReset: Int? = nil) {
+        self.carryReset = carryReset
+        lanes = [TokenCorpus.Lane?](repeating: nil, count: B)
         self.corpus = corpus
         self.config = config
         self.B = B; self.L = L; self.evalTokens = evalTokens
@@ -53,12 +67,64 @@ public final class LanguageModelObjective: TrainingObjective {
             ws = Workspace(config: config, B: 1, L: 1, training: true)
             ws = Workspace(config: config, B: B, L: L, training: true)
         }
-        try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
-        ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
+        if let reset = carryReset {
+            guard model.trainsFromCarriedState else { throw Self.carryRefusal }
+            if state == nil { state = RecurrentState(config: config, batch: B) }
+            for b in try corpus.nextWindows(lanes: &lanes, L: L, reset: reset, rng: &rng, ids: &ids, targets: &targets) {
+                state!.reset(sequence: b)
+            }
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state) }
+        } else {
+            try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
+        }
         let (sum, count) = ids.withUnsafeBufferPointer { i in
             targets.withUnsafeBufferPointer { t in model.backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws) }
         }
         return (sum / Double(max(count, 1)), B * L)
+    }
+
+    /// Why a stack cannot train with a carried state.
+    public static let carryRefusal = MambaKitError(.usage, "--carry-state needs a flat stack of Mamba-1, Mamba-2 and MLP blocks: attention layers (whose state is the whole past) and the multi-scale backbone (whose pooled stages continue only at multiples of their period) train on independent windows")
+
+    public func checkpointState() -> (json: [String: Any], tensors: [SafeTensorOut]) {
+        guard carryReset != nil else { return ([:], []) }
+        let lanes: [Any] = lanes.map { l in l.map { [$0.stream, $0.position, $0.windows] as Any } ?? NSNull() }
+        let tensors = (state?.tensors ?? []).enumerated().map { i, t in
+            SafeTensorOut(name: "carry.\(i)", shape: [t.count], floats: Array(UnsafeBufferPointer(start: t.ptr, count: t.count)))
+        }
+        return (["lanes": lanes], tensors)
+    }
+
+    public func restore(json: Any?, tensors: SafeTensorsFile, at location: String) throws {
+        guard carryReset != nil else { return }
+        // A checkpoint of a run without a carried state: lanes start afresh.
+        guard let json else { return }
+        guard let o = json as? [String: Any], let list = o["lanes"] as? [Any], list.count == B else {
+            throw MambaKitError(.format, "objective.lanes must list the \(B) lanes of the batch", at: location)
+        }
+        var restored: [TokenCorpus.Lane?] = []
+        for (b, item) in list.enumerated() {
+            if item is NSNull { restored.append(nil); continue }
+            guard let v = item as? [Any], v.count == 3, v.allSatisfy({ $0 is NSNumber && !jsonIsBool($0) }) else {
+                throw MambaKitError(.format, "objective.lanes[\(b)] must be [stream, position, windows] or null", at: location)
+            }
+            let n = v.map { ($0 as! NSNumber).doubleValue }
+            guard n.allSatisfy({ $0 >= 0 && $0 == $0.rounded() && $0 < 9e15 }) else {
+                throw MambaKitError(.format, "objective.lanes[\(b)] must hold non-negative integers", at: location)
+            }
+            let (s, p, w) = (Int(n[0]), Int(n[1]), Int(n[2]))
+            guard s < corpus.streamCount, p <= corpus.trainEnds[s] else {
+                throw MambaKitError(.format, "objective.lanes[\(b)] points outside the training data (stream \(s), position \(p))", at: location)
+            }
+            restored.append(TokenCorpus.Lane(stream: s, position: p, windows: w))
+        }
+        let st = RecurrentState(config: config, batch: B)
+        for (i, t) in st.tensors.enumerated() {
+            try tensors.copyFloats("carry.\(i)", into: t.ptr, count: t.count)
+        }
+        lanes = restored
+        state = st
     }
 
     public func validate(model: MambaModel) throws -> [String: Double]? {
@@ -127,6 +193,12 @@ public final class Trainer {
         /// Language models: over the first `seqLenWarmup` steps the window grows from short to `seqLen`
         /// (`windowLength(at:)`); 0: always `seqLen`.
         public var seqLenWarmup = 0
+        /// Language models: stateful training. Each batch lane walks its stream window after window, and the
+        /// recurrent state after a window is the next window's initial state (detached: truncated backpropagation
+        /// through time); a lane restarts at a random start with a zero state at the end of its stream's training
+        /// part, or after `carryReset` windows (0: never).
+        public var carryState = false
+        public var carryReset = 0
         public init() {}
 
         /// Options as saved in trainer_state.json, checked like every other source of settings: a value of the
@@ -186,6 +258,13 @@ public final class Trainer {
             }
             if let v = try i("patience") { patience = v }
             if let v = try i("seq_len_warmup") { seqLenWarmup = v }
+            if let v = o["carry_state"], !(v is NSNull) {
+                guard jsonIsBool(v), let b = (v as? NSNumber)?.boolValue else {
+                    throw MambaKitError(.format, "carry_state must be true or false (got \(v))", at: source.location)
+                }
+                carryState = b
+            }
+            if let v = try i("carry_reset") { carryReset = v }
         }
 
         /// Checks every option against `Settings` (a library caller's options go through the same ranges as flags
@@ -203,6 +282,7 @@ public final class Trainer {
             try Settings.check("keep_checkpoints", keepCheckpoints, source)
             try Settings.check("patience", patience, source)
             try Settings.check("seq_len_warmup", seqLenWarmup, source)
+            try Settings.check("carry_reset", carryReset, source)
         }
 
         /// The window length at `step` (0-based): `seqLen`, or during the first `seqLenWarmup` steps a length
@@ -219,7 +299,8 @@ public final class Trainer {
              "warmup": warmup, "weight_decay": weightDecay, "beta1": beta1, "beta2": beta2, "eps": eps,
              "grad_clip": gradClip, "seed": String(seed), "val_fraction": valFraction, "eval_every": evalEvery,
              "eval_tokens": evalTokens, "checkpoint_every": checkpointEvery, "log_every": logEvery,
-             "keep_best": keepBest, "patience": patience, "seq_len_warmup": seqLenWarmup]
+             "keep_best": keepBest, "patience": patience, "seq_len_warmup": seqLenWarmup, "carry_state": carryState,
+             "carry_reset": carryReset]
         }
     }
 
@@ -259,7 +340,8 @@ public final class Trainer {
                             dataFingerprint: [String]) {
         let objective = LanguageModelObjective(corpus: corpus, config: model.config, batchSize: options.batchSize,
                                                seqLen: options.seqLen, evalTokens: options.evalTokens,
-                                               windowLength: options.windowLength(at:))
+                                               windowLength: options.windowLength(at:),
+                                               carryReset: options.carryState ? options.carryReset : nil)
         self.init(model: model, objective: objective, options: options, outDir: outDir, dataFingerprint: dataFingerprint)
     }
 
@@ -414,13 +496,16 @@ public final class Trainer {
                 tensors.append(SafeTensorOut(name: "m." + v.name, shape: v.shape, floats: optimizer.m.values(v.name)))
                 tensors.append(SafeTensorOut(name: "v." + v.name, shape: v.shape, floats: optimizer.v.values(v.name)))
             }
+            let carried = objective.checkpointState()
+            tensors += carried.tensors
             try SafeTensorsFile.write(tensors, metadata: ["format": "mambakit-training"],
                                       to: tmp + "/training_state.safetensors")
-            let state: [String: Any] = [
+            var state: [String: Any] = [
                 "step": step, "adam_step": optimizer.step, "rng": rng.words.map { String($0, radix: 16) },
                 "elapsed_s": elapsedNow, "options": options.json, "data": dataFingerprint,
                 "best_val_loss": bestLoss.isFinite ? bestLoss : NSNull(), "best_step": bestStep, "since_best": sinceBest,
             ]
+            if !carried.json.isEmpty { state["objective"] = carried.json }
             let json = try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys])
             try AtomicFile.write(json, to: tmp + "/trainer_state.json")
             if FileManager.default.fileExists(atPath: final) { try FileManager.default.removeItem(atPath: final) }
@@ -489,6 +574,7 @@ public final class Trainer {
             try ts.copyFloats("m." + v.name, into: optimizer.m.ptr(v), count: v.count)
             try ts.copyFloats("v." + v.name, into: optimizer.v.ptr(v), count: v.count)
         }
+        try objective.restore(json: st.objective, tensors: ts, at: statePath)
         step = st.step
         optimizer.step = st.adamStep
         rng = RNG(words: st.rngWords)

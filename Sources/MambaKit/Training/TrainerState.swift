@@ -15,6 +15,8 @@ public struct TrainerState {
     public var bestLoss: Double
     public var bestStep: Int
     public var sinceBest: Int
+    /// The objective's own state (stateful training's lanes), unchecked: the objective's `restore` checks it.
+    public var objective: Any? = nil
 
     /// Largest accepted trainer_state.json: it holds a few dozen numbers and the data file names.
     public static let maxBytes = 16 << 20
@@ -32,6 +34,7 @@ public struct TrainerState {
             throw MambaKitError(.format, "trainer state is not a JSON object", at: path)
         }
         func fail(_ what: String) -> MambaKitError { MambaKitError(.format, what, at: path) }
+        objective = o["objective"]
         func int(_ k: String, required: Bool, in range: ClosedRange<Int>) throws -> Int? {
             guard let v = o[k], !(v is NSNull) else {
                 if required { throw fail("\(k) is missing") }
