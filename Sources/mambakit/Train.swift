@@ -78,7 +78,7 @@ struct Train: ParsableCommand {
     var seqLenWarmup: Int?
     @Flag(name: .customLong("carry-state"), help: "Stateful training: each batch lane reads its stream window after window, carrying the recurrent state across (gradient cut at each window edge).")
     var carryState = false
-    @Option(name: .customLong("carry-reset"), help: "With --carry-state: restart a lane at a random place with a zero state after N windows (default 0: only at the end of its stream).")
+    @Option(name: .customLong("carry-reset"), help: "With --carry-state: restart a lane at a random place with a zero state after N windows (default 16; 0: only at the end of its stream).")
     var carryReset: Int?
     @OptionGroup var shape: ShapeAndScheduleOptions
     @OptionGroup(title: "DNA (--format fasta)") var dna: DNATokenizerOptions

@@ -97,7 +97,7 @@ public enum Settings {
             .real("min_lr_ratio", nil, 0, 1),
             .int("warmup", "--warmup", 0, maxSteps),
             .int("seq_len_warmup", "--seq-len-warmup", 0, maxSteps, "0: off"),
-            .int("carry_reset", "--carry-reset", 0, maxSteps, "0: never"),
+            .int("carry_reset", "--carry-reset", 0, maxSteps, "0: only at the end of the stream"),
             .real("weight_decay", "--weight-decay", 0, 10),
             .real("beta1", nil, 0, 0.999_999),
             .real("beta2", nil, 0, 0.999_999_999),

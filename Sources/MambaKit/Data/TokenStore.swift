@@ -75,7 +75,9 @@ public final class TokenStore {
     }
 
     /// Opens the store at `path` if it is whole and was built from `identity`.
-    public static func open(path: String, identity: String) throws -> Result<TokenStore, Miss> {
+    /// `verifyTokens: false` skips the CRC pass over the tokens (for a store this process has just written and
+    /// checksummed); the trailer, sizes, table CRC and identity are always checked.
+    public static func open(path: String, identity: String, verifyTokens: Bool = true) throws -> Result<TokenStore, Miss> {
         var fd: Int32
         repeat { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
         if fd < 0 {
@@ -128,10 +130,10 @@ public final class TokenStore {
             return .failure(.damaged("its stream offsets are out of order"))
         }
         // The tokens, against their CRC (streamed: memory stays bounded).
-        var c = crc32_z(0, nil, 0)
+        var c = verifyTokens ? crc32_z(0, nil, 0) : UInt(crcTokens)
         var buffer = [UInt8](repeating: 0, count: 1 << 22)
         var at = 0
-        let total = tokenCount * width
+        let total = verifyTokens ? tokenCount * width : 0
         while at < total {
             let n = min(buffer.count, total - at)
             try buffer.withUnsafeMutableBytes { try preadAll(fd, UnsafeMutableRawBufferPointer(rebasing: $0[0..<n]), at: at, path: path) }
@@ -175,18 +177,50 @@ public final class TokenStore {
             tokenCount += bytes.count
         }
 
-        /// Appends tokens, each checked against the vocabulary.
+        /// Appends tokens, each checked against the vocabulary (converted and written in blocks of 1 Mi tokens).
         public func append(_ tokens: [Int32], location: String) throws {
-            for t in tokens {
-                guard t >= 0 && Int(t) < vocabSize else {
-                    throw MambaKitError(.usage, "token \(t) outside the vocabulary of \(vocabSize)", at: location)
+            try flush()
+            let vocab = UInt32(vocabSize)
+            var block = [UInt8](repeating: 0, count: min(tokens.count, 1 << 20) * width)
+            try tokens.withUnsafeBufferPointer { src in
+                var i = 0
+                while i < src.count {
+                    let n = min(src.count - i, 1 << 20)
+                    var outside = false
+                    block.withUnsafeMutableBytes { raw in
+                        switch width {
+                        case 1:
+                            let o = raw.bindMemory(to: UInt8.self)
+                            for k in 0..<n {
+                                let t = UInt32(bitPattern: src[i + k])
+                                outside = outside || t >= vocab
+                                o[k] = UInt8(truncatingIfNeeded: t)
+                            }
+                        case 2:
+                            for k in 0..<n {
+                                let t = UInt32(bitPattern: src[i + k])
+                                outside = outside || t >= vocab
+                                raw.storeBytes(of: UInt16(truncatingIfNeeded: t).littleEndian, toByteOffset: 2 * k, as: UInt16.self)
+                            }
+                        default:
+                            for k in 0..<n {
+                                let t = UInt32(bitPattern: src[i + k])
+                                outside = outside || t >= vocab
+                                raw.storeBytes(of: t.littleEndian, toByteOffset: 4 * k, as: UInt32.self)
+                            }
+                        }
+                    }
+                    if outside {
+                        let bad = src[i..<(i + n)].first { UInt32(bitPattern: $0) >= vocab } ?? -1
+                        throw MambaKitError(.usage, "token \(bad) outside the vocabulary of \(vocabSize)", at: location)
+                    }
+                    try block.withUnsafeBytes { raw in
+                        let part = UnsafeRawBufferPointer(rebasing: raw[0..<(n * width)])
+                        crc = UInt32(crc32_z(UInt(crc), part.baseAddress!.assumingMemoryBound(to: Bytef.self), part.count))
+                        try handle.write(part)
+                    }
+                    i += n
                 }
-                switch width {
-                case 1: buffer.append(UInt8(t))
-                case 2: withUnsafeBytes(of: UInt16(t).littleEndian) { buffer.append(contentsOf: $0) }
-                default: withUnsafeBytes(of: t.littleEndian) { buffer.append(contentsOf: $0) }
-                }
-                if buffer.count >= 1 << 20 { try flush() }
             }
             tokenCount += tokens.count
         }
@@ -229,7 +263,7 @@ public final class TokenStore {
             try body(w)
             try w.finish(identity: identity)
         }
-        switch try open(path: path, identity: identity) {
+        switch try open(path: path, identity: identity, verifyTokens: false) {
         case .success(let s): return s
         case .failure(let miss):
             throw MambaKitError(.io, "the token store just written does not read back (\(miss))", at: path)

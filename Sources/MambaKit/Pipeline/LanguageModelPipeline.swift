@@ -20,9 +20,11 @@ public enum LanguageModelPipeline {
         } else {
             try ensureDirectory(out)
             var results: [[String: Any]] = []
-            for (name, variant) in spec.variants {
+            for (name, variant, train) in spec.variants {
                 events(.stage("variant \(name)"))
-                var r = try runOne(spec, model: variant.merged(over: spec.model), out: out + "/" + name, resume: resume,
+                var s = spec
+                s.train = train.merged(over: spec.train)
+                var r = try runOne(s, model: variant.merged(over: spec.model), out: out + "/" + name, resume: resume,
                                    events: events, shouldStop: shouldStop)
                 r["variant"] = name
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys]),
@@ -39,6 +41,16 @@ public enum LanguageModelPipeline {
             let rows = (summary["results"] as? [[String: Any]]) ?? [summary.merging(["variant": spec.name]) { $1 }]
             summary["table"] = table(rows, ngram: summary["ngram"] as? [[String: Any]] ?? [],
                                      unit: spec.format == .bytes ? "bits/byte" : spec.format == .audio ? "bits/sample" : "bits/token")
+        }
+        if !spec.byPosition.isEmpty {
+            let rows = (summary["results"] as? [[String: Any]]) ?? [summary.merging(["variant": spec.name]) { $1 }]
+            summary["by_position_table"] = positionTable(rows)
+            let comparisons = carryComparisons(rows)
+            if !comparisons.isEmpty {
+                summary["carried_state_lowers_late_loss"] = Dictionary(comparisons.map { ($0.variant, $0.lower) }) { a, _ in a }
+                summary["carried_state_comparison"] = comparisons.map(\.text)
+                for c in comparisons { events(.stage(c.text)) }
+            }
         }
         try AtomicFile.write(try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys]),
                              to: out + "/summary.json")
@@ -62,13 +74,14 @@ public enum LanguageModelPipeline {
         let c = trainer.model.config
         let stack = c.unetPlan.map { "unet \($0.factors.map(String.init).joined(separator: ",")), blocks \($0.layers.map(String.init).joined(separator: "/")), widths \($0.widths.map(String.init).joined(separator: "/"))" } ?? c.pattern
         var summary: [String: Any] = ["steps": trainer.step, "parameters": c.parameterCount, "pattern": stack,
+                                      "carry_state": trainer.options.carryState, "seq_len": trainer.options.seqLen,
                                       "layout": c.modelType.rawValue, "peak_rss_mb": Double(peakMemory()) / 1e6]
         // The median logged window (each spans `log_every` steps): steady-state speed, robust to a slow window.
         if !windows.isEmpty { summary["train_tokens_per_s"] = windows.sorted()[windows.count / 2] }
         if let evalPath = spec.evalData {
             events(.stage("evaluating \(evalPath)"))
             let report = try LanguageModelTask.evaluate(model: trainer.model, path: evalPath, format: spec.format,
-                                                        chunk: trainer.options.seqLen)
+                                                        chunk: trainer.options.seqLen, buckets: spec.byPosition)
             var j = report.json
             j["data"] = evalPath
             try AtomicFile.write(try JSONSerialization.data(withJSONObject: j, options: [.prettyPrinted, .sortedKeys]),
@@ -128,6 +141,44 @@ public enum LanguageModelPipeline {
             try m.fit(train)
             let (bits, tokens) = m.bitsPerToken(held)
             return ["order": order, "bits_per_token": bits, "tokens": tokens]
+        }
+    }
+
+    /// A Markdown table of held-out bits per token by position within each document, a row per variant.
+    static func positionTable(_ results: [[String: Any]]) -> [String] {
+        let buckets = results.compactMap { ($0["eval"] as? [String: Any])?["by_position"] as? [[String: Any]] }
+        guard let first = buckets.first else { return [] }
+        func label(_ b: [String: Any]) -> String {
+            func k(_ v: Int) -> String { v >= 1024 && v % 1024 == 0 ? "\(v / 1024)k" : "\(v)" }
+            let from = b["from"] as? Int ?? 0
+            return (b["to"] as? Int).map { "\(k(from))–\(k($0))" } ?? "≥ \(k(from))"
+        }
+        var rows = ["| variant | carried state | " + first.map(label).joined(separator: " | ") + " |",
+                    "| --- | --- |" + String(repeating: " ---: |", count: first.count)]
+        for r in results {
+            let b = (r["eval"] as? [String: Any])?["by_position"] as? [[String: Any]] ?? []
+            let cells = b.map { c in (c["bits_per_token"] as? Double).map { String(format: "%.4f", $0) } ?? "—" }
+            rows.append("| \(r["variant"] ?? "") | \((r["carry_state"] as? Bool) == true ? "yes" : "no") | " + cells.joined(separator: " | ") + " |")
+        }
+        return rows
+    }
+
+    /// For each variant trained with a carried state, against the first without: whether the carried state lowered
+    /// the held-out loss at the latest positions (the last bucket holding tokens), and a sentence saying so.
+    static func carryComparisons(_ results: [[String: Any]]) -> [(variant: String, text: String, lower: Bool)] {
+        func late(_ r: [String: Any]) -> (from: Int, bits: Double)? {
+            let b = (r["eval"] as? [String: Any])?["by_position"] as? [[String: Any]] ?? []
+            guard let last = b.last(where: { ($0["tokens"] as? Int ?? 0) > 0 }), let bits = last["bits_per_token"] as? Double else { return nil }
+            return (last["from"] as? Int ?? 0, bits)
+        }
+        guard let w = results.first(where: { ($0["carry_state"] as? Bool) != true }), let lw = late(w) else { return [] }
+        let f = { (v: Double) in String(format: "%.4f", v) }
+        return results.filter { ($0["carry_state"] as? Bool) == true }.compactMap { c in
+            guard let lc = late(c), lc.from == lw.from else { return nil }
+            let lower = lc.bits < lw.bits
+            let name = "\(c["variant"] ?? "")"
+            let text = "positions from \(lc.from) on: \(name) (carried state) \(f(lc.bits)) against \(w["variant"] ?? "") (independent windows) \(f(lw.bits)) bits/token: the carried state \(lower ? "lowers" : "does not lower") the loss on late positions"
+            return (name, text, lower)
         }
     }
 

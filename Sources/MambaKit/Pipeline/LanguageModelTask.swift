@@ -400,6 +400,7 @@ public enum LanguageModelTask {
             var done = 0
             switch format {
             case .bytes:
+                let named = Set(paths)
                 var chunk = [UInt8](repeating: 0, count: 1 << 20)
                 for f in files {
                     let (fd, _) = try FileInput.openForReading(f)
@@ -416,9 +417,11 @@ public enum LanguageModelTask {
                         done += n
                         progress?(done, totalBytes)
                     }
-                    guard w.tokenCount > first else { throw MambaKitError(.io, "file is empty", at: f) }
+                    // An empty file named on its own is a mistake; one found in a directory is a stream of nothing.
+                    guard w.tokenCount > first || !named.contains(f) else { throw MambaKitError(.io, "file is empty", at: f) }
                     w.endStream()
                 }
+                guard w.tokenCount > 0 else { throw MambaKitError(.io, "every file is empty", at: paths.joined(separator: ", ")) }
             case .fasta:
                 for f in files {
                     let reader = try SequenceReader(path: f)

@@ -28,7 +28,11 @@ public struct PipelineSpec {
     public var model = ModelSpec()
     /// Language models: stacks to train one after another with the same data and schedule, each a `model` section
     /// of its own merged over `model` (`mambakit run` compares them in `summary.json`).
-    public var variants: [(name: String, model: ModelSpec)] = []
+    /// Stacks compared by an LM pipeline, each with its own model keys and, optionally, the training options that
+    /// compare ways of training (`carry_state`, `carry_reset`, `seq_len_warmup`).
+    public var variants: [(name: String, model: ModelSpec, train: TrainSpec)] = []
+    /// `data.by_position`: position buckets for the evaluation (`Evaluator.Bucket.parseBoundaries`).
+    public var byPosition: [Int] = []
     public var train = TrainSpec()
     /// Where `train.epochs` was given (the file and line), for the error when a language model gets it.
     public var epochsLocation: String?
@@ -234,7 +238,7 @@ public struct PipelineSpec {
         }
         threads = try Settings.check("threads", try r.int(o, "threads"), r.source(""))
         if task == "lm", let d = try r.map(o, "data") {
-            try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer", "ngram", "token_cache"], in: "data")
+            try r.allow(d, ["format", "train", "eval", "val_fraction", "sample_rate", "quantizer", "ngram", "token_cache", "by_position"], in: "data")
             if let n = d["ngram"], !(n is NSNull) {
                 guard let orders = (n as? Int).map({ [$0] }) ?? (n as? [Any])?.compactMap({ $0 as? Int }),
                       orders.count == ((n as? [Any])?.count ?? 1), (1...8).contains(orders.count) else {
@@ -261,6 +265,7 @@ public struct PipelineSpec {
             }
             evalData = try r.string(d, "eval")
             tokenCache = try r.string(d, "token_cache")
+            if let b = try r.string(d, "by_position") { byPosition = try Evaluator.Bucket.parseBoundaries(b, at: r.at("by_position")) }
             valFraction = try Settings.check("val_fraction", try r.double(d, "val_fraction"), r.source("data"))
         }
         if let m = try r.map(o, "model") { model = try Self.modelSpec(m, reader: r, in: "model") }
@@ -278,7 +283,13 @@ public struct PipelineSpec {
                     throw MambaKitError(.config, "variants: the name '\(name)' appears twice", at: path)
                 }
                 m["name"] = nil
-                variants.append((name, try Self.modelSpec(m, reader: r, in: "variants[\(i)] (\(name))")))
+                var t = TrainSpec()
+                t.carryState = try r.bool(m, "carry_state")
+                t.carryReset = try r.int(m, "carry_reset")
+                t.seqLenWarmup = try r.int(m, "seq_len_warmup")
+                try t.validate(r.source("variants[\(i)] (\(name))"))
+                for k in ["carry_state", "carry_reset", "seq_len_warmup"] { m[k] = nil }
+                variants.append((name, try Self.modelSpec(m, reader: r, in: "variants[\(i)] (\(name))"), t))
             }
         }
         if let t = try r.map(o, "train") {

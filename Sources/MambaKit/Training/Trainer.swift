@@ -133,11 +133,15 @@ public final class LanguageModelObjective: TrainingObjective {
         return ["val_loss": v, "val_bits_per_token": v / log(2.0)]
     }
 
-    /// Exact mean NLL over the held-out tails (at most `evalTokens` predicted tokens, spread over the streams).
+    /// Exact mean NLL over the held-out tails (at most `evalTokens` predicted tokens, spread over the streams; with
+    /// more than evalTokens/256 streams, over that many of them, evenly spaced, so that a corpus of many files is
+    /// not validated a few tokens at a time).
     public func validationLoss(model: MambaModel) throws -> Double {
         var total = Evaluator.Result(sum: 0, count: 0)
-        let streams = (0..<corpus.streamCount).filter { corpus.count(ofStream: $0) - corpus.trainEnds[$0] >= 2 }
+        var streams = (0..<corpus.streamCount).filter { corpus.count(ofStream: $0) - corpus.trainEnds[$0] >= 2 }
         guard !streams.isEmpty else { return .nan }
+        let most = max(1, evalTokens / 256)
+        if streams.count > most { streams = (0..<most).map { streams[$0 * streams.count / most] } }
         let per = max(2, evalTokens / streams.count + 1)
         for s in streams {
             let end = corpus.trainEnds[s]
@@ -196,9 +200,11 @@ public final class Trainer {
         /// Language models: stateful training. Each batch lane walks its stream window after window, and the
         /// recurrent state after a window is the next window's initial state (detached: truncated backpropagation
         /// through time); a lane restarts at a random start with a zero state at the end of its stream's training
-        /// part, or after `carryReset` windows (0: never).
+        /// part, or after `carryReset` windows (0: only at the end of the stream). The default, 16, keeps the batch
+        /// mixing the corpus: lanes that restart only at stream ends settle in the longest files (starts are drawn in
+        /// proportion to length) and the run sees a handful of them (BENCHMARKS, "Long streams").
         public var carryState = false
-        public var carryReset = 0
+        public var carryReset = 16
         public init() {}
 
         /// Options as saved in trainer_state.json, checked like every other source of settings: a value of the
