@@ -88,6 +88,9 @@ import Testing
             }
             return sum / Double(count)
         }
+        // The same window from a zero state has other gradients (the test sees the state).
+        model.gradients(ids, targets: targets, B: B, L: L)
+        let zeroState = model.params.layout.views.map { model.grads.values($0.name) }
         model.zeroGradients()
         let ws = Workspace(config: model.config, B: B, L: L, training: true)
         ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: Self.copyState(state, model: model)) }
@@ -95,25 +98,10 @@ import Testing
             targets.withUnsafeBufferPointer { t in _ = model.backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws) }
         }
         let carried = model.params.layout.views.map { model.grads.values($0.name) }
-        // The same window from a zero state has other gradients (the test sees the state).
-        model.gradients(ids, targets: targets, B: B, L: L)
-        let zeroState = model.params.layout.views.map { model.grads.values($0.name) }
         #expect(zip(carried, zeroState).contains { maxAbsDiff($0, $1) > 1e-4 * max(largestMagnitude($0), 1e-6) })
-        // Finite differences of the loss from the fixed state (tolerances as checkGradientsByFiniteDifferences).
+        // Finite differences of the loss from the fixed state.
         var rng = RNG(seed: 8)
-        for (v, g) in zip(model.params.layout.views, carried) {
-            #expect(largestMagnitude(g) > 0, "\(v.name): zero gradient")
-            var idx = [g.indices.max { abs(g[$0]) < abs(g[$1]) }!]
-            for _ in 0..<3 { idx.append(rng.int(below: v.count)) }
-            let p = model.params.ptr(v)
-            var vals = model.params.values(v.name)
-            checkGradient("\(stack) \(v.name)", &vals, analytic: g, indices: idx, h: 1e-2, atol: 5e-6, rtol: 1e-2) { x in
-                let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
-                x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
-                defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
-                return meanLoss()
-            }
-        }
+        model.checkGradientsByFiniteDifferences(ids, targets: targets, B: B, L: L, rng: &rng, loss: meanLoss)
     }
 
     @Test func lanesTileTheirStreamsAndRestart() throws {

@@ -86,8 +86,10 @@ extension MambaModel {
     /// loss: the largest entry and three drawn with `rng`. h = 1e-2 on parameters of size 0.1 … 3: the mean loss
     /// (≈ ln V from Float logits) carries ~1e-8 rounding, so the quotient has ~1e-6 absolute noise (measured ≤ 2e-6 on
     /// the small A_log / dt gradients); truncation h²·f‴ is ≤ 1e-4 relative. The largest gradients per tensor are
-    /// 1e-4 … 2e-1: tolerance 5e-6 absolute plus 1 % relative.
+    /// 1e-4 … 2e-1: tolerance 5e-6 absolute plus 1 % relative. `loss`, if given, replaces the mean loss of a fresh
+    /// forward (e.g. one from a carried state).
     func checkGradientsByFiniteDifferences(_ ids: [Int32], targets: [Int32], B: Int, L: Int, rng: inout RNG,
+                                           loss: (() -> Double)? = nil,
                                            sourceLocation: SourceLocation = #_sourceLocation) {
         for v in params.layout.views {
             let g = grads.values(v.name)
@@ -101,7 +103,7 @@ extension MambaModel {
                 let saved = Array(UnsafeBufferPointer(start: p, count: v.count))
                 x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
                 defer { saved.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) } }
-                return meanLoss(ids, targets: targets, B: B, L: L)
+                return loss?() ?? meanLoss(ids, targets: targets, B: B, L: L)
             }
         }
     }
