@@ -103,6 +103,22 @@ func writeSeeds(to root: String, fixtures: FuzzFixtures) throws {
     try put("trainer-state", "trainer_state.json",
             Array(try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys])))
 
+    // Token stores: byte tokens in three streams (one empty), and 2-byte tokens.
+    let storeDir = NSTemporaryDirectory() + "mambakit-fuzz-seeds-\(getpid())"
+    try FileManager.default.createDirectory(atPath: storeDir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: storeDir) }
+    for (name, vocab, streams) in [("bytes.tokens", 256, [Array("In the beginning".utf8).map(Int32.init), [], [10, 65, 0, 255]]),
+                                   ("wide.tokens", 300, [[0, 299, 17], [5]])] as [(String, Int, [[Int32]])] {
+        let path = storeDir + "/" + name
+        _ = try TokenStore.build(path: path, identity: "{\"sources\":[],\"store\":1}", vocabSize: vocab) { w in
+            for s in streams {
+                try w.append(s, location: name)
+                w.endStream()
+            }
+        }
+        try put("token-store", name, try read(path))
+    }
+
     // Audio: 50 ms of a chirp in each container and encoding libsndfile can write here.
     let formats: [(String, Int, Int32)] = [
         ("pcm16.wav", SF_FORMAT_WAV | SF_FORMAT_PCM_16, 1), ("float.wav", SF_FORMAT_WAV | SF_FORMAT_FLOAT, 1),

@@ -14,6 +14,7 @@ struct FuzzTarget {
         FuzzTarget(name: "safetensors", fileExtension: "safetensors", maxLength: 65536, run: fuzzSafeTensors),
         FuzzTarget(name: "config", fileExtension: "json", maxLength: 16384, run: fuzzConfig),
         FuzzTarget(name: "trainer-state", fileExtension: "json", maxLength: 16384, run: fuzzTrainerState),
+        FuzzTarget(name: "token-store", fileExtension: "tokens", maxLength: 16384, run: fuzzTokenStore),
         FuzzTarget(name: "fasta", fileExtension: "fa", maxLength: 65536, run: fuzzFasta),
         FuzzTarget(name: "faidx", fileExtension: "fa", maxLength: 65536, run: fuzzFaidx),
         FuzzTarget(name: "fai", fileExtension: "fai", maxLength: 4096, run: fuzzFai),
@@ -64,6 +65,26 @@ func fuzzConfig(_ path: String, _: Data) throws {
 /// trainer_state.json: `TrainerState(path:)`, the parser `--resume` and `classify train --resume` use.
 func fuzzTrainerState(_ path: String, _: Data) throws {
     _ = try TrainerState(path: path)
+}
+
+/// A token store (`<cache>/<key>.tokens`, which training reads its corpus from): `TokenStore.open` with the
+/// identity the file says it has (so an intact trailer reaches every check), then every stream read back through
+/// `TokenCorpus`, each token within the width's range.
+func fuzzTokenStore(_ path: String, _: Data) throws {
+    let identity = TokenStore.storedIdentity(path: path) ?? ""
+    guard case .success(let store) = try TokenStore.open(path: path, identity: identity) else { return }
+    let corpus = try TokenCorpus(store: store, valFraction: 0.1)
+    let limit = store.width == 4 ? Int64(Int32.max) : Int64(1) << (8 * store.width)
+    var total = 0
+    for s in 0..<corpus.streamCount {
+        let n = corpus.count(ofStream: s)
+        total += n
+        guard corpus.trainEnds[s] <= n else { mismatch("stream \(s): training part \(corpus.trainEnds[s]) of \(n) tokens") }
+        for t in try corpus.tokens(ofStream: s, 0..<n) where t < 0 || Int64(t) >= limit {
+            mismatch("stream \(s): token \(t) outside width \(store.width)")
+        }
+    }
+    guard total == store.tokenCount else { mismatch("streams hold \(total) tokens, the store \(store.tokenCount)") }
 }
 
 // MARK: - Sequences and their indexes
