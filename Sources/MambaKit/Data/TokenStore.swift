@@ -79,7 +79,8 @@ public final class TokenStore {
     /// checksummed); the trailer, sizes, table CRC and identity are always checked.
     public static func open(path: String, identity: String, verifyTokens: Bool = true) throws -> Result<TokenStore, Miss> {
         var fd: Int32
-        repeat { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        // O_NONBLOCK: a FIFO planted under the store's name must not block the open; it is refused just below.
+        repeat { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) } while fd < 0 && errno == EINTR
         if fd < 0 {
             if errno == ENOENT { return .failure(.absent) }
             throw MambaKitError(.io, "cannot open the token store: \(String(cString: strerror(errno)))", at: path)
@@ -89,6 +90,9 @@ public final class TokenStore {
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             throw MambaKitError(.io, "cannot stat the token store: \(String(cString: strerror(errno)))", at: path)
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw MambaKitError(.io, "the token store is not a regular file (remove it)", at: path)
         }
         let size = Int(st.st_size)
         guard size >= trailerSize else { return .failure(.damaged("\(size) bytes, shorter than its trailer")) }
@@ -302,11 +306,11 @@ public final class TokenStore {
     /// The identity a store says it was built from, read from its trailer and table without checking them (nil
     /// when there is no trailer).
     public static func storedIdentity(path: String) -> String? {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, Int(st.st_size) >= trailerSize else { return nil }
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) >= trailerSize else { return nil }
         let size = Int(st.st_size)
         var trailer = [UInt8](repeating: 0, count: trailerSize)
         guard (try? trailer.withUnsafeMutableBytes({ try preadAll(fd, $0, at: size - trailerSize, path: path) })) != nil,

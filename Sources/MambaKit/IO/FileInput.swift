@@ -61,16 +61,8 @@ public enum FileInput {
         // One read of the stat size plus a byte (to see growth) for small files; 1 MiB blocks beyond that.
         var out: [UInt8] = []
         out.reserveCapacity(min(size, 1 << 20))
-        var chunk = [UInt8](repeating: 0, count: min(size + 1, 1 << 20))
-        if size == 0 { chunk = [UInt8](repeating: 0, count: 1 << 16) }
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw MambaKitError(.io, "read failed at byte \(out.count): \(String(cString: strerror(errno)))", at: path)
-            }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
+        try readBlocks(fd, path: path, blockSize: size == 0 ? 1 << 16 : min(size + 1, 1 << 20)) { block in
+            out.append(contentsOf: block)
             if out.count > maxBytes {
                 throw MambaKitError(.io, size == 0 ? "input is longer than the \(maxBytes) bytes it may hold"
                                                    : "file grew past \(maxBytes) bytes while being read", at: path)
@@ -78,5 +70,24 @@ public enum FileInput {
         }
         if out.isEmpty && !allowEmpty { throw MambaKitError(.io, "file is empty", at: path) }
         return out
+    }
+
+    /// Reads the open descriptor `fd` to its end in blocks of up to `blockSize` bytes, handing each to `body`
+    /// (retrying on EINTR; a failed read names `path` and the byte it failed at). Returns the bytes read.
+    @discardableResult
+    public static func readBlocks(_ fd: Int32, path: String, blockSize: Int,
+                                  _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
+        var block = [UInt8](repeating: 0, count: max(1, blockSize))
+        var total = 0
+        while true {
+            let n = block.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw MambaKitError(.io, "read failed at byte \(total): \(String(cString: strerror(errno)))", at: path)
+            }
+            if n == 0 { return total }
+            try block.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            total += n
+        }
     }
 }

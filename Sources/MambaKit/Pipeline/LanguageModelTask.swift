@@ -401,24 +401,16 @@ public enum LanguageModelTask {
             switch format {
             case .bytes:
                 let named = Set(paths)
-                var chunk = [UInt8](repeating: 0, count: 1 << 20)
                 for f in files {
                     let (fd, _) = try FileInput.openForReading(f)
                     defer { close(fd) }
-                    let first = w.tokenCount
-                    while true {
-                        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                        if n < 0 {
-                            if errno == EINTR { continue }
-                            throw MambaKitError(.io, "read failed at byte \(w.tokenCount - first): \(String(cString: strerror(errno)))", at: f)
-                        }
-                        if n == 0 { break }
-                        try chunk.withUnsafeBytes { try w.append(bytes: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-                        done += n
+                    let bytesRead = try FileInput.readBlocks(fd, path: f, blockSize: 1 << 20) { block in
+                        try w.append(bytes: block)
+                        done += block.count
                         progress?(done, totalBytes)
                     }
                     // An empty file named on its own is a mistake; one found in a directory is a stream of nothing.
-                    guard w.tokenCount > first || !named.contains(f) else { throw MambaKitError(.io, "file is empty", at: f) }
+                    guard bytesRead > 0 || !named.contains(f) else { throw MambaKitError(.io, "file is empty", at: f) }
                     w.endStream()
                 }
                 guard w.tokenCount > 0 else { throw MambaKitError(.io, "every file is empty", at: paths.joined(separator: ", ")) }

@@ -34,7 +34,7 @@ public final class LanguageModelObjective: TrainingObjective {
     let B: Int, L: Int, evalTokens: Int
     let config: MambaConfig
     let windowLength: (Int) -> Int
-    var ws: Workspace
+    var ws: Workspace?
     var ids: [Int32], targets: [Int32]
     /// Stateful training: windows a lane reads before it restarts (0: never); nil: independent random windows.
     let carryReset: Int?
@@ -62,11 +62,12 @@ public final class LanguageModelObjective: TrainingObjective {
 
     public func trainStep(model: MambaModel, rng: inout RNG, step: Int) throws -> (loss: Double, tokens: Int) {
         let L = windowLength(step)
-        if ws.L != L {
+        if ws?.L != L {
             // Release the old workspace before making the new one, so that peak memory stays that of one.
-            ws = Workspace(config: config, B: 1, L: 1, training: true)
+            ws = nil
             ws = Workspace(config: config, B: B, L: L, training: true)
         }
+        let ws = ws!
         if let reset = carryReset {
             guard model.trainsFromCarriedState else { throw Self.carryRefusal }
             if state == nil { state = RecurrentState(config: config, batch: B) }
@@ -256,20 +257,17 @@ public final class Trainer {
             if let v = try i("eval_tokens") { evalTokens = v }
             if let v = try i("checkpoint_every") { checkpointEvery = v }
             if let v = try i("log_every") { logEvery = v }
-            if let v = o["keep_best"], !(v is NSNull) {
+            func bool(_ k: String) throws -> Bool? {
+                guard let v = o[k], !(v is NSNull) else { return nil }
                 guard jsonIsBool(v), let b = (v as? NSNumber)?.boolValue else {
-                    throw MambaKitError(.format, "keep_best must be true or false (got \(v))", at: source.location)
+                    throw MambaKitError(.format, "\(k) must be true or false (got \(v))", at: source.location)
                 }
-                keepBest = b
+                return b
             }
+            if let v = try bool("keep_best") { keepBest = v }
             if let v = try i("patience") { patience = v }
             if let v = try i("seq_len_warmup") { seqLenWarmup = v }
-            if let v = o["carry_state"], !(v is NSNull) {
-                guard jsonIsBool(v), let b = (v as? NSNumber)?.boolValue else {
-                    throw MambaKitError(.format, "carry_state must be true or false (got \(v))", at: source.location)
-                }
-                carryState = b
-            }
+            if let v = try bool("carry_state") { carryState = v }
             if let v = try i("carry_reset") { carryReset = v }
         }
 
