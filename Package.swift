@@ -20,9 +20,11 @@ let package = Package(
         .systemLibrary(name: "CSndfile", path: "Sources/CSndfile", providers: [.apt(["libsndfile1-dev"])]),
         .systemLibrary(name: "CSoxr", path: "Sources/CSoxr", providers: [.apt(["libsoxr-dev"])]),
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", providers: [.apt(["libopenblas-dev"])]),
+        // MPI through dlopen at run time (Distributed/ProcessGroup.swift): no build dependency on an MPI.
+        .target(name: "CMPI", path: "Sources/CMPI", linkerSettings: [.linkedLibrary("dl")]),
         .target(
             name: "MambaKit",
-            dependencies: ["CZlib", "CSndfile", "CSoxr", "COpenBLAS", .product(name: "Yams", package: "Yams")],
+            dependencies: ["CZlib", "CSndfile", "CSoxr", "COpenBLAS", "CMPI", .product(name: "Yams", package: "Yams")],
             swiftSettings: simdFlags + [.swiftLanguageMode(.v5)]
         ),
         .executableTarget(

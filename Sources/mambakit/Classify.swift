@@ -118,7 +118,7 @@ struct ClassifyTrain: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try common.apply()
+            try common.apply(distributed: true)
             try shape.checkRanges()
             try Settings.check("patience", patience, .flags)
             try Settings.check("epochs", epochs, .flags)

@@ -28,36 +28,67 @@ struct MambaKitCLI: ParsableCommand {
 
 /// Options every command takes.
 struct CommonOptions: ParsableArguments {
-    @Option(help: "Threads for MambaKit's loops and OpenBLAS (default: all cores).")
+    @Option(help: "Threads for MambaKit's loops and OpenBLAS (default: all cores; under mpirun, the cores of each process's binding, or the host's cores shared by its processes).")
     var threads: Int?
 
-    func apply() throws {
+    /// Sets the thread count and, in a process started by mpirun, joins the MPI job: `distributed` commands
+    /// (train, classify train) then train data-parallel; the others refuse to run as several processes. Ranks
+    /// other than 0 print nothing on stdout and no progress.
+    func apply(distributed: Bool = false) throws {
+        let group = try ProcessGroup.joinFromEnvironment()
+        if group.size > 1 {
+            guard distributed else {
+                throw MambaKitError(.usage, "this command runs in one process; start it without mpirun (train and classify train run across processes)")
+            }
+            if !group.isRoot {
+                quietRank = true
+                let null = open("/dev/null", O_WRONLY)
+                if null >= 0 { dup2(null, 1); close(null) }
+            }
+        }
         if let t = threads {
             Parallel.setThreads(try Settings.check("threads", t, .flags))
         } else {
-            Parallel.setThreads(Parallel.defaultThreads)
+            Parallel.setThreads(ProcessGroup.defaultThreads(online: Parallel.defaultThreads, affinity: Parallel.affinityCount,
+                                                            localSize: group.localSize))
         }
     }
 }
 
+/// A rank other than 0 of a run over several processes: no progress lines.
+nonisolated(unsafe) var quietRank = false
+
 /// Runs `body`, turning MambaKit errors into `error: <what>, <where>` on stderr and a non-zero exit.
+/// Under mpirun with several processes, the error names the rank; an interrupted run (every rank checkpointed
+/// together) ends its MPI job normally, and any other error stops every rank (MPI_Abort), since the others would
+/// wait for it in their next collective.
 func runReportingErrors(_ body: () throws -> Void) throws {
+    let group = { ProcessGroup.world }
+    func report(_ text: String, interrupted: Bool) -> ExitCode {
+        let g = group()
+        let rank = g.size > 1 ? " (rank \(g.rank) of \(g.size))" : ""
+        if !interrupted || g.isRoot { FileHandle.standardError.write(Data("error: \(text)\(rank)\n".utf8)) }
+        let code: Int32 = interrupted ? 130 : 1
+        if g.size > 1 && !interrupted { g.abort(code: code) }
+        g.finalize()
+        return ExitCode(code)
+    }
     do {
         try body()
+        group().finalize()
     } catch let e as MambaKitError {
-        FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
-        throw ExitCode(e.kind == .interrupted ? 130 : 1)
+        throw report(e.description, interrupted: e.kind == .interrupted)
     } catch let e as ExitCode {
         throw e
     } catch let e as ValidationError {
         throw e
     } catch {
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        throw ExitCode(1)
+        throw report("\(error)", interrupted: false)
     }
 }
 
 func printErr(_ s: String) {
+    if quietRank { return }
     FileHandle.standardError.write(Data((s + "\n").utf8))
 }
 

@@ -67,11 +67,13 @@ final class ProgressRenderer {
     }
 
     private func redraw(_ s: String) {
+        if quietRank { return }
         FileHandle.standardError.write(Data(("\r\u{1B}[2K" + s).utf8))
         lastLine = s
     }
 
     func line(_ s: String) {
+        if quietRank { return }
         if tty && !lastLine.isEmpty {
             FileHandle.standardError.write(Data(("\r\u{1B}[2K" + s + "\n" + lastLine).utf8))
         } else {

@@ -15,7 +15,8 @@ struct Run: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let spec = try PipelineSpec.load(path: pipeline)
-            if common.threads == nil, let t = spec.threads { Parallel.setThreads(t) } else { try common.apply() }
+            try common.apply()
+            if common.threads == nil, let t = spec.threads { Parallel.setThreads(t) }
             let out = runsDir + "/" + spec.name
             // --overwrite moves the old run aside, under the lock of its directory, and deletes it only once the new
             // run has started training (its inputs and settings passed every check); a run that fails before that

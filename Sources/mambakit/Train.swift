@@ -87,7 +87,7 @@ struct Train: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try common.apply()
+            try common.apply(distributed: true)
             try shape.checkRanges()
             var file = PipelineSpec(name: "train")
             if let cfg = shape.config { file = try PipelineSpec.load(path: cfg) }

@@ -18,6 +18,8 @@ public struct MambaKitError: Error, CustomStringConvertible, Equatable, Sendable
         case usage
         /// The run was interrupted (Ctrl-C); state was saved.
         case interrupted
+        /// A run over several processes (MPI): a collective failed, or the ranks disagree.
+        case distributed
     }
 
     public let kind: Kind

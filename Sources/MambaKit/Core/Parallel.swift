@@ -1,3 +1,4 @@
+import CMPI
 import COpenBLAS
 import Dispatch
 
@@ -17,6 +18,13 @@ public enum Parallel {
         let n = 1
         #endif
         return max(1, n)
+    }
+
+    /// The CPUs this process may run on (its affinity mask, which `mpirun --bind-to` and `taskset` set), or nil
+    /// when it cannot be read.
+    public static var affinityCount: Int? {
+        let n = Int(mk_cpu_affinity_count())
+        return n > 0 ? n : nil
     }
 
     /// The number of threads used by `forEach` and by OpenBLAS.

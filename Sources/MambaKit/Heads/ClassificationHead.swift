@@ -80,9 +80,11 @@ public enum ClassificationHead {
     /// Returns the weighted mean loss and the unweighted NLL sum.
     @discardableResult
     public static func crossEntropy(logits: UnsafePointer<Float>, labels: [Int], C: Int, classWeights: [Float]?,
+                                    weightTotal: Float? = nil,
                                     dlogits: UnsafeMutablePointer<Float>?) -> (loss: Double, nllSum: Double) {
         let w = labels.map { classWeights?[$0] ?? 1 }
-        let total = w.reduce(0, +)
+        // The weight of the whole batch (this process's rows are part of a larger batch in data-parallel training).
+        let total = weightTotal ?? w.reduce(0, +)
         var loss = 0.0, nll = 0.0
         for (b, y) in labels.enumerated() {
             precondition(y >= 0 && y < C, "label \(y) outside 0..<\(C)")

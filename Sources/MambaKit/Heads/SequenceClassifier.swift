@@ -56,7 +56,8 @@ public final class SequenceClassifier {
 
     /// One training step's forward and backward on a right-padded batch: accumulates every gradient (backbone and
     /// head) into `model.grads` and returns the class-weighted mean loss.
-    public func lossAndGradients(batch: [[Int32]], labels: [Int], classWeights: [Float]? = nil) -> Double {
+    public func lossAndGradients(batch: [[Int32]], labels: [Int], classWeights: [Float]? = nil,
+                                 weightTotal: Float? = nil) -> Double {
         precondition(batch.count == labels.count && !batch.isEmpty)
         let (B, D, C) = (batch.count, model.config.hiddenSize, numClasses)
         let lengths = batch.map(\.count)
@@ -73,7 +74,7 @@ public final class SequenceClassifier {
         Linear.forward(out: &logits, ldo: C, inp: pooled, ldi: D, weight: p.ptr(weightView), bias: p.ptr(biasView),
                        M: B, I: D, O: C)
         let ce = ClassificationHead.crossEntropy(logits: logits, labels: labels, C: C, classWeights: classWeights,
-                                                 dlogits: &dlogits)
+                                                 weightTotal: weightTotal, dlogits: &dlogits)
         Linear.backward(dinp: &dpooled, lddi: D, dweight: g.ptr(weightView), dbias: g.ptr(biasView), dout: dlogits,
                         lddo: C, inp: pooled, ldi: D, weight: p.ptr(weightView), M: B, I: D, O: C)
         ws.dHidden.update(repeating: 0, count: B * L * D)

@@ -5,6 +5,8 @@ import Foundation
 ///
 /// The kernel drops the lock when the process dies, however it dies, so a killed run never leaves a stale lock.
 /// Within one process, locking a directory it already holds (a pipeline, then its trainer) shares the lock.
+/// In a run over several processes (`ProcessGroup.world`), rank 0 alone writes the run directory and takes its
+/// lock; on the other ranks a RunLock does nothing.
 public final class RunLock {
     public let directory: String
     private let key: String
@@ -17,6 +19,10 @@ public final class RunLock {
     /// is removed again.
     public init(directory: String) throws {
         self.directory = directory
+        guard ProcessGroup.world.isRoot else {
+            key = ""
+            return
+        }
         var st = stat()
         let existed = lstat(directory, &st) == 0
         try ensureDirectory(directory)

@@ -116,6 +116,7 @@ extension MambaModel {
             // RMSNorm; the residual passes dresid through unchanged, so accumulate onto it.
             RMSNorm.backward(dinp: ws.dresid.ptr, dweight: g.ptr(layerNorms[l]), dout: ws.dnormed.ptr, inp: res,
                              rstd: rstd, weight: nw, M: BL, D: D)
+            layerGradientsReady?(l)
         }
         Embedding.backward(dweight: g.ptr(embedView), dout: ws.dresid.ptr, ids: ids, M: BL, D: D)
     }

@@ -15,6 +15,9 @@ public final class MambaModel {
     /// Gradients, allocated on first use: only training needs them (eval, generation, inspect and predict hold the
     /// parameters alone).
     public private(set) lazy var grads: Arena = Arena(layout: params.layout)
+    /// Called by backward as soon as layer `l`'s gradients (its block and its norm) are complete, while the
+    /// earlier layers' backward is still to run: data-parallel training sends them then (`ShardedGradients`).
+    public var layerGradientsReady: ((Int) -> Void)?
     /// The stack, one block per layer (`backbone.layers.N.mixer`).
     public let blocks: [Block]
     /// Each layer's pre-norm `backbone.layers.N.norm.weight`.

@@ -319,7 +319,7 @@ public enum ClassificationTask {
             maxLength: options.seqLen, classWeights: weights, complement: tok.complementIDs, rcAugment: rcAugment,
             audioAugment: audioAugmentation, strand: settings.strand, chunk: 2048)
         let fingerprint = trainSet.fingerprint + (s.val.map { _ in valSet.fingerprint } ?? [])
-        let trainer = Trainer(model: model, objective: objective, options: options, outDir: s.out, dataFingerprint: fingerprint)
+        let trainer = try Trainer(model: model, objective: objective, options: options, outDir: s.out, dataFingerprint: fingerprint)
         if s.resume { try trainer.resume() }
         if let budget { notes.append(budget.summary) }
         for n in notes { events(.note(n)) }

@@ -563,7 +563,7 @@ public enum LanguageModelTask {
         if trainSpec.carryReset != nil && !options.carryState {
             throw MambaKitError(.usage, "--carry-reset (train.carry_reset) applies to stateful training: add --carry-state (train.carry_state: true)")
         }
-        let trainer = Trainer(model: model, corpus: corpus, options: options, outDir: out, dataFingerprint: fp)
+        let trainer = try Trainer(model: model, corpus: corpus, options: options, outDir: out, dataFingerprint: fp)
         if resume { try trainer.resume() }
         try trainer.run(events: events, shouldStop: shouldStop)
         return trainer

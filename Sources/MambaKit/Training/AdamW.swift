@@ -17,20 +17,32 @@ public final class AdamW {
     }
 
     public let hyper: Hyper
-    public let m: Arena
-    public let v: Arena
+    /// The part of the arena this optimizer updates (all of it; with sharded training, this rank's slice) and
+    /// its first and second moments, `range.count` floats each.
+    public let range: Range<Int>
+    public let m: FloatBuffer
+    public let v: FloatBuffer
     /// Steps taken so far (PyTorch's `state['step']`).
     public var step: Int = 0
     let decayMask: [Bool]
 
-    public init(layout: ArenaLayout, hyper: Hyper) {
+    public init(layout: ArenaLayout, hyper: Hyper, range: Range<Int>? = nil) {
         self.hyper = hyper
-        m = Arena(layout: layout)
-        v = Arena(layout: layout)
+        let r = range ?? 0..<layout.total
+        precondition(r.lowerBound >= 0 && r.upperBound <= layout.total, "optimizer range outside the arena")
+        self.range = r
+        m = FloatBuffer(count: r.count)
+        v = FloatBuffer(count: r.count)
         decayMask = layout.views.map(\.decay)
     }
 
-    /// One update of `params` from `grads` at learning rate `lr`.
+    /// The part of `view` inside `range`, as arena offsets (empty when they do not meet).
+    public func part(of view: TensorView) -> Range<Int> {
+        let lo = max(view.offset, range.lowerBound), hi = min(view.offset + view.count, range.upperBound)
+        return lo < hi ? lo..<hi : lo..<lo
+    }
+
+    /// One update of `params` over `range` from `grads` at learning rate `lr`.
     public func update(params: Arena, grads: Arena, lr: Float) {
         step += 1
         let (b1, b2, eps) = (hyper.beta1, hyper.beta2, hyper.eps)
@@ -39,9 +51,12 @@ public final class AdamW {
         let stepSize = lr / bc1
         let bc2Sqrt = bc2.squareRoot()
         for (vi, view) in params.layout.views.enumerated() {
-            let p = params.ptr(view), g = grads.ptr(view), mm = m.ptr(view), vv = v.ptr(view)
+            let r = part(of: view)
+            if r.isEmpty { continue }
+            let p = params.base + r.lowerBound, g = grads.base + r.lowerBound
+            let mm = m.ptr + (r.lowerBound - range.lowerBound), vv = v.ptr + (r.lowerBound - range.lowerBound)
             let decay: Float = decayMask[vi] ? 1 - lr * hyper.weightDecay : 1
-            for i in 0..<view.count {
+            for i in 0..<r.count {
                 p[i] *= decay
                 mm[i] = b1 * mm[i] + (1 - b1) * g[i]
                 vv[i] = b2 * vv[i] + (1 - b2) * g[i] * g[i]
@@ -51,29 +66,45 @@ public final class AdamW {
         }
     }
 
+    /// Σ g² over the views' parts inside `range`, in Double, view by view (over the whole arena, the square of
+    /// `gradientNorm`).
+    public static func squaredNorm(_ grads: Arena, range: Range<Int>) -> Double {
+        var total = 0.0
+        for view in grads.layout.views {
+            let lo = max(view.offset, range.lowerBound), hi = min(view.offset + view.count, range.upperBound)
+            if lo >= hi { continue }
+            let g = grads.base + lo
+            var s = 0.0
+            for i in 0..<(hi - lo) { s += Double(g[i]) * Double(g[i]) }
+            total += s
+        }
+        return total
+    }
+
+    /// The clipping coefficient for a gradient of norm `norm` (`clip_grad_norm_`'s), 1 when no clipping.
+    public static func clipCoefficient(norm: Double, maxNorm: Float) -> Double {
+        min(1, Double(maxNorm) / (norm + 1e-6))
+    }
+
+    /// Multiplies `grads` over `range` by `coefficient` (when below 1).
+    public static func scale(_ grads: Arena, range: Range<Int>, by coefficient: Double) {
+        guard coefficient < 1 else { return }
+        let c = Float(coefficient)
+        let p = grads.base
+        for i in range { p[i] *= c }
+    }
+
     /// Scales `grads` so that their global L2 norm is at most `maxNorm` (coefficient `maxNorm / (norm + 1e-6)`,
     /// clamped to 1) and returns the norm before clipping. Accumulated in Double.
     @discardableResult
     public static func clipGradients(_ grads: Arena, maxNorm: Float) -> Double {
         let n = gradientNorm(grads)
-        let coef = min(1, Double(maxNorm) / (n + 1e-6))
-        if coef < 1 {
-            let c = Float(coef)
-            let p = grads.base
-            for i in 0..<grads.layout.total { p[i] *= c }
-        }
+        scale(grads, range: 0..<grads.layout.total, by: clipCoefficient(norm: n, maxNorm: maxNorm))
         return n
     }
 
     public static func gradientNorm(_ grads: Arena) -> Double {
-        var total = 0.0
-        for view in grads.layout.views {
-            let g = grads.ptr(view)
-            var s = 0.0
-            for i in 0..<view.count { s += Double(g[i]) * Double(g[i]) }
-            total += s
-        }
-        return total.squareRoot()
+        squaredNorm(grads, range: 0..<grads.layout.total).squareRoot()
     }
 }
 

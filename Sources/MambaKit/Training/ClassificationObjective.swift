@@ -35,6 +35,9 @@ public final class ClassificationObjective: TrainingObjective {
     public let strand: StrandStrategy
     /// Inference chunk length for validation.
     public let chunk: Int
+    /// The processes sharing each batch, and this one's rows of it (all of them in one process).
+    var group = ProcessGroup.single
+    var rows: Range<Int>
 
     public init(classifier: SequenceClassifier, train: [LabeledSequence], validation: [LabeledSequence],
                 batchSize: Int, maxLength: Int, classWeights: [Float]? = nil, complement: [Int32]? = nil,
@@ -64,6 +67,15 @@ public final class ClassificationObjective: TrainingObjective {
         self.audioAugment = audioAugment
         self.strand = strand
         self.chunk = chunk
+        rows = 0..<batchSize
+    }
+
+    public func shard(_ group: ProcessGroup) throws {
+        guard batchSize >= group.size else {
+            throw MambaKitError(.usage, "--batch-size \(batchSize) is smaller than the \(group.size) processes: each needs at least one sequence of the batch")
+        }
+        self.group = group
+        rows = group.share(of: batchSize)
     }
 
     /// Weights `n / (C · n_k)` from the training labels (scikit-learn's "balanced"); a class with no examples gets 1.
@@ -96,27 +108,49 @@ public final class ClassificationObjective: TrainingObjective {
             batch.append(s)
             labels.append(ex.label)
         }
-        let loss = classifier.lossAndGradients(batch: batch, labels: labels, classWeights: classWeights)
-        return (loss, batch.reduce(0) { $0 + $1.count })
+        // Every rank drew the whole batch; this one trains on its rows, weighted by the whole batch's weight.
+        let total = labels.reduce(Float(0)) { $0 + (classWeights?[$1] ?? 1) }
+        let mine = Array(batch[rows])
+        let loss = classifier.lossAndGradients(batch: mine, labels: Array(labels[rows]), classWeights: classWeights,
+                                               weightTotal: total)
+        return (loss, mine.reduce(0) { $0 + $1.count })
     }
 
     public func validate(model: MambaModel) throws -> [String: Double]? {
         guard !validation.isEmpty else { return nil }
-        let r = try evaluate(validation)
+        let r = try evaluate(validation, group: group)
         return ["val_loss": r.loss, "val_accuracy": r.metrics.accuracy, "val_macro_f1": r.metrics.macroF1,
                 "val_mcc": r.metrics.mcc]
     }
 
     /// Mean (unweighted) cross-entropy, metrics and per-sequence logits over `examples`.
-    public func evaluate(_ examples: [LabeledSequence]) throws -> (loss: Double, metrics: ClassificationMetrics, logits: [[Float]]) {
-        try Self.evaluate(classifier: classifier, examples, strand: strand, complement: complement, chunk: chunk)
+    /// With a `group` of several processes, each computes the logits of its share of `examples` and all
+    /// receive all of them (the same result on every rank).
+    public func evaluate(_ examples: [LabeledSequence], group: ProcessGroup = .single) throws
+        -> (loss: Double, metrics: ClassificationMetrics, logits: [[Float]])
+    {
+        try Self.evaluate(classifier: classifier, examples, strand: strand, complement: complement, chunk: chunk,
+                          group: group)
     }
 
     public static func evaluate(classifier: SequenceClassifier, _ examples: [LabeledSequence], strand: StrandStrategy,
-                                complement: [Int32]?, chunk: Int) throws
+                                complement: [Int32]?, chunk: Int, group: ProcessGroup = .single) throws
         -> (loss: Double, metrics: ClassificationMetrics, logits: [[Float]])
     {
-        let logits = try classifier.logits(examples.map(\.tokens), strand: strand, complement: complement, chunk: chunk)
+        var logits: [[Float]]
+        if group.size > 1 {
+            let share = group.share(of: examples.count)
+            let mine = share.isEmpty ? [] : try classifier.logits(examples[share].map(\.tokens), strand: strand,
+                                                                   complement: complement, chunk: chunk)
+            let C = classifier.numClasses
+            let flat = try group.allgatherVariable(mine.flatMap { $0 })
+            guard flat.count == examples.count * C else {
+                throw MambaKitError(.distributed, "gathered \(flat.count) logits for \(examples.count) sequences of \(C) classes")
+            }
+            logits = (0..<examples.count).map { Array(flat[$0 * C..<($0 + 1) * C]) }
+        } else {
+            logits = try classifier.logits(examples.map(\.tokens), strand: strand, complement: complement, chunk: chunk)
+        }
         var nll = 0.0
         var predictions: [Int] = []
         for (ex, z) in zip(examples, logits) {

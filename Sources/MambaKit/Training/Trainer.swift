@@ -1,12 +1,21 @@
+import CZlib
 import Foundation
 
 /// What a `Trainer` optimises. `trainStep` (of the 0-based `step`) draws its batch from `rng` (so resume is exact),
 /// runs forward and backward into the model's gradients (zeroed by the trainer) and returns the mean loss and the
 /// tokens it processed;
 /// `validate` returns metrics including `val_loss`, or nil when there is nothing held out.
+///
+/// Data-parallel training (`shard(_:)` with a group of N > 1): every rank draws the whole global batch from the
+/// same `rng` (the same draws as one process), trains on its share of the rows, and scales its loss by the global
+/// batch's weight, so that the sum over ranks is the one-process gradient; `trainStep` then returns this rank's
+/// part of the mean loss and its own tokens (the trainer adds them up), and `validate` splits the held-out data
+/// over the ranks and returns the same metrics on every rank.
 public protocol TrainingObjective: AnyObject {
     func trainStep(model: MambaModel, rng: inout RNG, step: Int) throws -> (loss: Double, tokens: Int)
     func validate(model: MambaModel) throws -> [String: Double]?
+    /// Trains on `group.rank`'s share of every batch from now on (called once, before the first step).
+    func shard(_ group: ProcessGroup) throws
     /// Sizes reported at the start (tokens or sequences, as `sizeUnit` says).
     var trainSize: Int { get }
     var validationSize: Int { get }
@@ -14,15 +23,22 @@ public protocol TrainingObjective: AnyObject {
     /// Tokens one validation runs forward (for the trainer's time estimate; 0 when unknown).
     var validationTokens: Int { get }
     /// What a checkpoint must hold beyond the RNG for an exact resume (stateful training's lanes and states): JSON
-    /// for trainer_state.json's `objective`, tensors for training_state.safetensors.
-    func checkpointState() -> (json: [String: Any], tensors: [SafeTensorOut])
+    /// for trainer_state.json's `objective`, tensors for training_state.safetensors. Called on every rank (it may
+    /// gather); what rank 0 returns is written.
+    func checkpointState() throws -> (json: [String: Any], tensors: [SafeTensorOut])
     /// Restores what `checkpointState` saved (`json` nil: nothing was saved), checking it.
     func restore(json: Any?, tensors: SafeTensorsFile, at location: String) throws
 }
 
 extension TrainingObjective {
+    /// An objective that does not know how to share its batches trains in one process only.
+    public func shard(_ group: ProcessGroup) throws {
+        guard group.size == 1 else {
+            throw MambaKitError(.usage, "\(type(of: self)) cannot train across \(group.size) processes; start it without mpirun")
+        }
+    }
     public var validationTokens: Int { 0 }
-    public func checkpointState() -> (json: [String: Any], tensors: [SafeTensorOut]) { ([:], []) }
+    public func checkpointState() throws -> (json: [String: Any], tensors: [SafeTensorOut]) { ([:], []) }
     public func restore(json: Any?, tensors: SafeTensorsFile, at location: String) throws {}
 }
 
@@ -41,6 +57,9 @@ public final class LanguageModelObjective: TrainingObjective {
     /// Stateful training: each lane's place in its stream, and the recurrent state of every lane.
     public private(set) var lanes: [TokenCorpus.Lane?]
     var state: RecurrentState?
+    /// The processes sharing each batch, and this one's rows of it (all of them in one process).
+    var group = ProcessGroup.single
+    var rows: Range<Int>
 
     public init(corpus: TokenCorpus, config: MambaConfig, batchSize B: Int, seqLen L: Int, evalTokens: Int,
                 windowLength: @escaping (Int) -> Int = { _ in -1 }, carryReset: Int? = nil) {
@@ -50,6 +69,7 @@ public final class LanguageModelObjective: TrainingObjective {
         self.config = config
         self.B = B; self.L = L; self.evalTokens = evalTokens
         self.windowLength = { s in let n = windowLength(s); return n > 0 && n <= L ? n : L }
+        rows = 0..<B
         ws = Workspace(config: config, B: B, L: self.windowLength(0), training: true)
         ids = [Int32](repeating: 0, count: B * L)
         targets = [Int32](repeating: 0, count: B * L)
@@ -60,39 +80,70 @@ public final class LanguageModelObjective: TrainingObjective {
     public var sizeUnit: String { "tokens" }
     public var validationTokens: Int { min(evalTokens, corpus.validationTokens) }
 
+    public func shard(_ group: ProcessGroup) throws {
+        guard B >= group.size else {
+            throw MambaKitError(.usage, "--batch-size \(B) is smaller than the \(group.size) processes: each needs at least one row of the batch")
+        }
+        self.group = group
+        rows = group.share(of: B)
+        ws = nil
+        state = nil
+    }
+
     public func trainStep(model: MambaModel, rng: inout RNG, step: Int) throws -> (loss: Double, tokens: Int) {
         let L = windowLength(step)
-        if ws?.L != L {
+        let rowCount = rows.count
+        if ws?.L != L || ws?.B != rowCount {
             // Release the old workspace before making the new one, so that peak memory stays that of one.
             ws = nil
-            ws = Workspace(config: config, B: B, L: L, training: true)
+            ws = Workspace(config: config, B: rowCount, L: L, training: true)
         }
         let ws = ws!
+        // The whole batch is drawn (the same draws on every rank); this process trains on its rows.
+        let first = rows.lowerBound * L
         if let reset = carryReset {
             guard model.trainsFromCarriedState else { throw Self.carryRefusal }
-            if state == nil { state = RecurrentState(config: config, batch: B) }
-            for b in try corpus.nextWindows(lanes: &lanes, L: L, reset: reset, rng: &rng, ids: &ids, targets: &targets) {
-                state!.reset(sequence: b)
+            if state == nil { state = RecurrentState(config: config, batch: rowCount) }
+            for b in try corpus.nextWindows(lanes: &lanes, L: L, reset: reset, rng: &rng, ids: &ids, targets: &targets)
+            where rows.contains(b) {
+                state!.reset(sequence: b - rows.lowerBound)
             }
-            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws, state: state) }
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress! + first, ws: ws, state: state) }
         } else {
             try corpus.sampleBatch(B: B, L: L, rng: &rng, ids: &ids, targets: &targets)
-            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress!, ws: ws) }
+            ids.withUnsafeBufferPointer { model.forward(ids: $0.baseAddress! + first, ws: ws) }
         }
-        let (sum, count) = ids.withUnsafeBufferPointer { i in
-            targets.withUnsafeBufferPointer { t in model.backward(ids: i.baseAddress!, targets: t.baseAddress!, ws: ws) }
+        // The gradient of the mean over the whole batch's counted targets.
+        var count = 0
+        for i in 0..<(B * L) where targets[i] != CrossEntropy.ignoreIndex { count += 1 }
+        let scale: Float = count > 0 ? 1 / Float(count) : 0
+        let (sum, _) = ids.withUnsafeBufferPointer { i in
+            targets.withUnsafeBufferPointer { t in
+                model.backward(ids: i.baseAddress! + first, targets: t.baseAddress! + first, ws: ws, lossScale: scale)
+            }
         }
-        return (sum / Double(max(count, 1)), B * L)
+        return (sum / Double(max(count, 1)), rowCount * L)
     }
 
     /// Why a stack cannot train with a carried state.
     public static let carryRefusal = MambaKitError(.usage, "--carry-state needs a flat stack of Mamba-1, Mamba-2 and MLP blocks: attention layers (whose state is the whole past) and the multi-scale backbone (whose pooled stages continue only at multiples of their period) train on independent windows")
 
-    public func checkpointState() -> (json: [String: Any], tensors: [SafeTensorOut]) {
+    public func checkpointState() throws -> (json: [String: Any], tensors: [SafeTensorOut]) {
         guard carryReset != nil else { return ([:], []) }
         let lanes: [Any] = lanes.map { l in l.map { [$0.stream, $0.position, $0.windows] as Any } ?? NSNull() }
-        let tensors = (state?.tensors ?? []).enumerated().map { i, t in
-            SafeTensorOut(name: "carry.\(i)", shape: [t.count], floats: Array(UnsafeBufferPointer(start: t.ptr, count: t.count)))
+        // Each rank holds its rows' states; the checkpoint holds the whole batch's (gathered onto rank 0).
+        var tensors: [SafeTensorOut] = []
+        for (i, t) in (state?.tensors ?? []).enumerated() {
+            let perRow = t.count / max(rows.count, 1)
+            let ranges = (0..<group.size).map { r -> Range<Int> in
+                let share = group.share(of: B, rank: r)
+                return share.lowerBound * perRow..<share.upperBound * perRow
+            }
+            var full = [Float](repeating: 0, count: group.isRoot ? B * perRow : 0)
+            try full.withUnsafeMutableBufferPointer { f in
+                try group.gather(t.ptr, ranges: ranges, into: group.isRoot ? f.baseAddress : nil)
+            }
+            tensors.append(SafeTensorOut(name: "carry.\(i)", shape: [B * perRow], floats: full))
         }
         return (["lanes": lanes], tensors)
     }
@@ -120,9 +171,15 @@ public final class LanguageModelObjective: TrainingObjective {
             }
             restored.append(TokenCorpus.Lane(stream: s, position: p, windows: w))
         }
-        let st = RecurrentState(config: config, batch: B)
-        for (i, t) in st.tensors.enumerated() {
+        let whole = RecurrentState(config: config, batch: B)
+        for (i, t) in whole.tensors.enumerated() {
             try tensors.copyFloats("carry.\(i)", into: t.ptr, count: t.count)
+        }
+        // This rank's rows of the batch.
+        let st = RecurrentState(config: config, batch: rows.count)
+        for (t, w) in zip(st.tensors, whole.tensors) {
+            let perRow = w.count / B
+            t.ptr.update(from: w.ptr + rows.lowerBound * perRow, count: rows.count * perRow)
         }
         lanes = restored
         state = st
@@ -144,13 +201,16 @@ public final class LanguageModelObjective: TrainingObjective {
         let most = max(1, evalTokens / 256)
         if streams.count > most { streams = (0..<most).map { streams[$0 * streams.count / most] } }
         let per = max(2, evalTokens / streams.count + 1)
-        for s in streams {
+        // Each rank evaluates its share of the streams; the sums are added in rank order.
+        for s in streams[group.share(of: streams.count)] {
             let end = corpus.trainEnds[s]
             let tail = try corpus.tokens(ofStream: s, end..<min(corpus.count(ofStream: s), end + per))
             let r = try Evaluator.nll(model: model, tokens: tail, chunk: L)
             total.sum += r.sum
             total.count += r.count
         }
+        let sums = try group.sumInRankOrder([total.sum, Double(total.count)])
+        total = Evaluator.Result(sum: sums[0], count: Int(sums[1]))
         return total.meanLoss
     }
 }
@@ -328,6 +388,10 @@ public final class Trainer {
     public let outDir: String
     /// Identifies the training data (paths and sizes) so a resume on other data is refused.
     public let dataFingerprint: [String]
+    /// The processes training this model together (data-parallel over MPI), and the exchange of their
+    /// gradients (nil in one process). Only rank 0 writes: checkpoints, metrics, the model, events.
+    public let group: ProcessGroup
+    public let exchange: ShardedGradients?
     let optimizer: AdamW
     var rng: RNG
     public private(set) var step = 0
@@ -341,24 +405,39 @@ public final class Trainer {
 
     /// A language-model trainer over `corpus`.
     public convenience init(model: MambaModel, corpus: TokenCorpus, options: Options, outDir: String,
-                            dataFingerprint: [String]) {
+                            dataFingerprint: [String], group: ProcessGroup = .world) throws {
         let objective = LanguageModelObjective(corpus: corpus, config: model.config, batchSize: options.batchSize,
                                                seqLen: options.seqLen, evalTokens: options.evalTokens,
                                                windowLength: options.windowLength(at:),
                                                carryReset: options.carryState ? options.carryReset : nil)
-        self.init(model: model, objective: objective, options: options, outDir: outDir, dataFingerprint: dataFingerprint)
+        try self.init(model: model, objective: objective, options: options, outDir: outDir,
+                      dataFingerprint: dataFingerprint, group: group)
     }
 
+    /// A trainer of `model` on `objective`. With a `group` of N > 1 processes (`ProcessGroup.world` under
+    /// `mpirun`), the objective trains on this rank's share of each batch, the gradients are reduce-scattered and
+    /// this rank updates its slice of the parameters (ZeRO-1, `ShardedGradients`).
     public init(model: MambaModel, objective: TrainingObjective, options: Options, outDir: String,
-                dataFingerprint: [String]) {
+                dataFingerprint: [String], group: ProcessGroup = .world) throws {
         self.model = model
         self.objective = objective
         self.options = options
         self.outDir = outDir
         self.dataFingerprint = dataFingerprint
-        optimizer = AdamW(layout: model.params.layout, hyper: .init(
+        self.group = group
+        let layout = model.params.layout
+        if group.size > 1 {
+            try ShardedGradients.check(layout: layout, group: group)
+            let x = ShardedGradients(layout: layout, group: group)
+            exchange = x
+            model.layerGradientsReady = { [unowned model] l in x.layerReady(l, grads: model.grads) }
+        } else {
+            exchange = nil
+        }
+        try objective.shard(group)
+        optimizer = AdamW(layout: layout, hyper: .init(
             beta1: Float(options.beta1), beta2: Float(options.beta2), eps: Float(options.eps),
-            weightDecay: Float(options.weightDecay)))
+            weightDecay: Float(options.weightDecay)), range: exchange?.own)
         rng = RNG(seed: options.seed)
     }
 
@@ -373,15 +452,24 @@ public final class Trainer {
     /// Trains until `options.steps`. `shouldStop` is polled after every step (Ctrl-C): the trainer then saves a
     /// checkpoint and throws `.interrupted`. A non-finite loss or gradient throws `.numeric` without saving, so the
     /// last good checkpoint stays as it was.
-    public func run(events: (Event) -> Void = { _ in }, shouldStop: () -> Bool = { false }) throws {
+    public func run(events allEvents: (Event) -> Void = { _ in }, shouldStop: () -> Bool = { false }) throws {
         try options.validate()
+        let root = group.isRoot
+        // Rank 0 reports and writes; the other ranks compute.
+        func events(_ e: Event) { if root { allEvents(e) } }
         // One writer per run directory; what a killed writer left half-written goes first.
-        let lock = try RunLock(directory: outDir)
+        let lock = root ? try RunLock(directory: outDir) : nil
         defer { withExtendedLifetime(lock) {} }
-        RunLock.removeStaleTemporaries(in: outDir)
-        RunLock.removeStaleTemporaries(in: checkpointsDir)
+        if root {
+            RunLock.removeStaleTemporaries(in: outDir)
+            RunLock.removeStaleTemporaries(in: checkpointsDir)
+        }
         let o = options
-        let metrics = try MetricsLog(path: metricsPath, keepThroughStep: step)
+        let metrics = root ? try MetricsLog(path: metricsPath, keepThroughStep: step) : nil
+        try checkRanksAgree()
+        if group.size > 1 {
+            events(.note("data-parallel over \(group.size) processes (\(group.libraryVersion)): \(o.batchSize / group.size)–\((o.batchSize + group.size - 1) / group.size) rows of each batch of \(o.batchSize) per process, optimizer state sharded, \(ByteCountFormatter.string(fromByteCount: Int64(exchange?.bytesPerStep ?? 0), countStyle: .binary)) sent per step per process"))
+        }
         events(.started(step: step, of: o.steps, parameters: model.config.parameterCount,
                         trainSize: objective.trainSize, validationSize: objective.validationSize,
                         unit: objective.sizeUnit))
@@ -392,10 +480,17 @@ public final class Trainer {
         var estimateTokens = 0
         var windowStart = clock.now
         var windowTokens = 0
+        let own = exchange?.own ?? 0..<model.grads.layout.total
         while step < o.steps {
             model.zeroGradients()
-            let (loss, tokens) = try objective.trainStep(model: model, rng: &rng, step: step)
-            let gradNorm = AdamW.clipGradients(model.grads, maxNorm: Float(o.gradClip))
+            let (rankLoss, rankTokens) = try objective.trainStep(model: model, rng: &rng, step: step)
+            // This rank's slice of the summed gradient; then the loss, tokens, gradient norm and the decision to
+            // stop, added over the ranks in rank order (the same on every rank).
+            try exchange?.reduce(grads: model.grads)
+            let agreed = try group.sumInRankOrder([rankLoss, Double(rankTokens),
+                                                   AdamW.squaredNorm(model.grads, range: own), shouldStop() ? 1 : 0])
+            let (loss, tokens, gradNorm) = (agreed[0], Int(agreed[1]), agreed[2].squareRoot())
+            AdamW.scale(model.grads, range: own, by: AdamW.clipCoefficient(norm: gradNorm, maxNorm: Float(o.gradClip)))
             guard loss.isFinite, gradNorm.isFinite else {
                 let last = (try? String(contentsOfFile: checkpointsDir + "/latest", encoding: .utf8))
                     .map { "the last good checkpoint, \($0.trimmingCharacters(in: .whitespacesAndNewlines)), is kept" }
@@ -404,6 +499,7 @@ public final class Trainer {
             }
             let lr = schedule.rate(step: step + 1)
             optimizer.update(params: model.params, grads: model.grads, lr: Float(lr))
+            try exchange?.gatherParameters(model.params)
             step += 1
             windowTokens += tokens
             let now = clock.now
@@ -433,8 +529,8 @@ public final class Trainer {
                 let tps = Double(windowTokens) / max(seconds(now - windowStart), 1e-9)
                 events(.step(step: step, of: o.steps, loss: loss, lr: lr, gradNorm: gradNorm, tokensPerSecond: tps,
                              elapsed: elapsed))
-                try metrics.append(["step": step, "loss": loss, "lr": lr, "grad_norm": gradNorm,
-                                    "tokens_per_s": tps, "elapsed_s": elapsed])
+                try metrics?.append(["step": step, "loss": loss, "lr": lr, "grad_norm": gradNorm,
+                                     "tokens_per_s": tps, "elapsed_s": elapsed])
                 windowStart = now
                 windowTokens = 0
             }
@@ -444,32 +540,57 @@ public final class Trainer {
                 events(.validation(step: step, metrics: v))
                 var row: [String: Any] = ["step": step]
                 for (k, x) in v { row[k] = x }
-                try metrics.append(row)
+                try metrics?.append(row)
                 let loss = v["val_loss"] ?? .nan
                 if loss < bestLoss {
                     bestLoss = loss
                     bestStep = step
                     sinceBest = 0
-                    if o.keepBest { try model.save(directory: outDir) }
+                    if o.keepBest { try rootWrites { try model.save(directory: outDir) } }
                 } else {
                     sinceBest += 1
                     earlyStop = o.patience > 0 && sinceBest >= o.patience
                 }
             }
-            let stop = shouldStop()
+            let stop = agreed[3] > 0
             if (o.checkpointEvery > 0 && step % o.checkpointEvery == 0) || step == o.steps || stop || earlyStop {
                 let path = try saveCheckpoint()
                 events(.checkpoint(step: step, path: path))
             }
             if earlyStop && !stop {
                 events(.earlyStop(step: step, bestStep: bestStep, bestLoss: bestLoss))
-                try metrics.append(["step": step, "early_stop": true, "best_step": bestStep, "best_val_loss": bestLoss])
+                try metrics?.append(["step": step, "early_stop": true, "best_step": bestStep, "best_val_loss": bestLoss])
                 break
             }
             if stop && step < o.steps {
                 throw MambaKitError(.interrupted, "interrupted at step \(step) of \(o.steps); resume with --resume",
                                     at: checkpointsDir + "/" + Self.checkpointName(step))
             }
+        }
+    }
+
+    /// With several processes: every rank must start from the same parameters, step, RNG, options and data (a
+    /// resume on hosts that see different run directories, or ranks given different flags, would otherwise train
+    /// N different models that only share gradients). Compares a CRC-32 of the parameters and a hash of the rest.
+    func checkRanksAgree() throws {
+        guard group.size > 1 else { return }
+        var crc: UInt = 0
+        let bytes = UnsafeRawPointer(model.params.base).assumingMemoryBound(to: UInt8.self)
+        var at = 0
+        let count = model.params.layout.total * MemoryLayout<Float>.stride
+        while at < count {
+            let n = min(count - at, 1 << 30)
+            crc = crc32(crc, bytes + at, UInt32(n))
+            at += n
+        }
+        let settings = (try? JSONSerialization.data(withJSONObject: options.json, options: [.sortedKeys]))
+            .map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let text = "\(step) \(optimizer.step) \(rng.words) \(dataFingerprint) \(settings)"
+        let key = UInt64(TokenStore.key(text), radix: 16) ?? 0
+        let mine = [Double(crc), Double(key >> 32), Double(key & 0xffff_ffff)]
+        let all = try group.allgather(mine)
+        for (r, v) in all.enumerated() where v != all[0] {
+            throw MambaKitError(.distributed, "rank \(r) starts from other \(v[0] != all[0][0] ? "parameters" : "settings, data or step") than rank 0: every rank must be given the same flags and see the same --data and --out (a shared file system for --resume)")
         }
     }
 
@@ -485,10 +606,41 @@ public final class Trainer {
 
     /// Writes a complete checkpoint directory, points `latest` at it, refreshes OUT's model files, and prunes
     /// older checkpoints. Returns the checkpoint's path.
+    /// With several processes every rank calls this: the optimizer's moments and the objective's state are
+    /// gathered onto rank 0, which writes; every rank learns whether it succeeded.
     @discardableResult
     public func saveCheckpoint() throws -> String {
-        try ensureDirectory(checkpointsDir)
         let name = Self.checkpointName(step)
+        var moments: (m: FloatBuffer, v: FloatBuffer)? = nil
+        if let x = exchange {
+            let full = group.isRoot ? (FloatBuffer(count: x.total), FloatBuffer(count: x.total)) : nil
+            try group.gather(optimizer.m.ptr, ranges: x.slices, into: full?.0.ptr)
+            try group.gather(optimizer.v.ptr, ranges: x.slices, into: full?.1.ptr)
+            moments = full
+        }
+        let carried = try objective.checkpointState()
+        try rootWrites {
+            try writeCheckpoint(name: name, m: moments?.m.ptr ?? optimizer.m.ptr, v: moments?.v.ptr ?? optimizer.v.ptr,
+                                carried: carried)
+        }
+        return checkpointsDir + "/" + name
+    }
+
+    /// Runs `body` on rank 0, and tells every rank whether it failed: rank 0 throws its error, the others an
+    /// error that names rank 0's failure as the reason to stop.
+    func rootWrites(_ body: () throws -> Void) throws {
+        var failure: Error? = nil
+        if group.isRoot { do { try body() } catch { failure = error } }
+        guard group.size > 1 else { if let failure { throw failure }; return }
+        let failed = try group.sumInRankOrder([failure == nil ? 0 : 1])[0] > 0
+        if let failure { throw failure }
+        if failed { throw MambaKitError(.distributed, "rank 0 could not write to the run directory (its error says why); stopping", at: outDir) }
+    }
+
+    /// Rank 0's part of `saveCheckpoint`: `m` and `v` are the moments over the whole arena.
+    func writeCheckpoint(name: String, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+                         carried: (json: [String: Any], tensors: [SafeTensorOut])) throws {
+        try ensureDirectory(checkpointsDir)
         let final = checkpointsDir + "/" + name
         let tmp = checkpointsDir + "/.\(name).tmp-\(getpid())"
         try? FileManager.default.removeItem(atPath: tmp)
@@ -496,11 +648,12 @@ public final class Trainer {
         do {
             try model.save(directory: tmp)
             var tensors: [SafeTensorOut] = []
-            for v in model.params.layout.views {
-                tensors.append(SafeTensorOut(name: "m." + v.name, shape: v.shape, floats: optimizer.m.values(v.name)))
-                tensors.append(SafeTensorOut(name: "v." + v.name, shape: v.shape, floats: optimizer.v.values(v.name)))
+            for view in model.params.layout.views {
+                tensors.append(SafeTensorOut(name: "m." + view.name, shape: view.shape,
+                                             floats: Array(UnsafeBufferPointer(start: m + view.offset, count: view.count))))
+                tensors.append(SafeTensorOut(name: "v." + view.name, shape: view.shape,
+                                             floats: Array(UnsafeBufferPointer(start: v + view.offset, count: view.count))))
             }
-            let carried = objective.checkpointState()
             tensors += carried.tensors
             try SafeTensorsFile.write(tensors, metadata: ["format": "mambakit-training"],
                                       to: tmp + "/training_state.safetensors")
@@ -530,7 +683,6 @@ public final class Trainer {
         for old in all.dropLast(max(1, options.keepCheckpoints)) where old != name {
             try? FileManager.default.removeItem(atPath: checkpointsDir + "/" + old)
         }
-        return final
     }
 
     /// The model config and options of the run in `outDir` (its latest checkpoint), or nil when there is none:
@@ -574,9 +726,21 @@ public final class Trainer {
             throw MambaKitError(.usage, "the checkpoint is at step \(st.step), past this run's \(options.steps) steps", at: statePath)
         }
         let ts = try SafeTensorsFile(path: dir + "/training_state.safetensors")
+        // This rank's part of each moment (all of it in one process): any number of processes resumes any
+        // checkpoint, which holds the whole moments.
+        let base = optimizer.range.lowerBound
         for v in model.params.layout.views {
-            try ts.copyFloats("m." + v.name, into: optimizer.m.ptr(v), count: v.count)
-            try ts.copyFloats("v." + v.name, into: optimizer.v.ptr(v), count: v.count)
+            let part = optimizer.part(of: v)
+            if part.isEmpty { continue }
+            for (key, buffer) in [("m.", optimizer.m), ("v.", optimizer.v)] {
+                if part.count == v.count {
+                    try ts.copyFloats(key + v.name, into: buffer.ptr + (v.offset - base), count: v.count)
+                } else {
+                    var whole = [Float](repeating: 0, count: v.count)
+                    try whole.withUnsafeMutableBufferPointer { try ts.copyFloats(key + v.name, into: $0.baseAddress!, count: v.count) }
+                    for i in part { buffer.ptr[i - base] = whole[i - v.offset] }
+                }
+            }
         }
         try objective.restore(json: st.objective, tensors: ts, at: statePath)
         step = st.step
