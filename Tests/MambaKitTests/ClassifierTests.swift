@@ -212,7 +212,7 @@ func randomDNA(_ n: Int, rng: inout RNG) -> [Int32] {
         o.steps = 200; o.batchSize = 8; o.seqLen = 12; o.lr = 1e-2; o.warmup = 1; o.evalEvery = 5
         o.checkpointEvery = 0; o.logEvery = 1000; o.keepBest = true; o.patience = 2
         let dir = TempDir()
-        let trainer = Trainer(model: model, objective: objective, options: o, outDir: dir.path, dataFingerprint: [])
+        let trainer = try Trainer(model: model, objective: objective, options: o, outDir: dir.path, dataFingerprint: [])
         try trainer.run()
         #expect(trainer.step < 200, "early stopping never triggered")
         #expect(trainer.step == trainer.bestStep + 2 * 5, "stopped at \(trainer.step), best \(trainer.bestStep)")

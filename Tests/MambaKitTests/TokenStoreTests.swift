@@ -193,14 +193,14 @@ import Testing
         try withThreadSettingsLock {
             let a = TempDir(), b = TempDir()
             let corpus = try TrainerTests.corpus()
-            let full = Trainer(model: try MambaModel(config: TrainerTests.config, seed: 5), corpus: corpus, options: o,
+            let full = try Trainer(model: try MambaModel(config: TrainerTests.config, seed: 5), corpus: corpus, options: o,
                                outDir: a.path, dataFingerprint: ["x"])
             try full.run()
             var polls = 0
-            let first = Trainer(model: try MambaModel(config: TrainerTests.config, seed: 5), corpus: corpus, options: o,
+            let first = try Trainer(model: try MambaModel(config: TrainerTests.config, seed: 5), corpus: corpus, options: o,
                                 outDir: b.path, dataFingerprint: ["x"])
             #expect(throws: MambaKitError.self) { try first.run(shouldStop: { polls += 1; return polls == 4 }) }
-            let second = Trainer(model: try MambaModel(config: TrainerTests.config, seed: 1), corpus: corpus, options: o,
+            let second = try Trainer(model: try MambaModel(config: TrainerTests.config, seed: 1), corpus: corpus, options: o,
                                  outDir: b.path, dataFingerprint: ["x"])
             try second.resume()
             try second.run()

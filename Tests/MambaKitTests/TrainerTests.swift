@@ -60,12 +60,12 @@ import Testing
         let a = TempDir(), b = TempDir()
         let corpus = try Self.corpus()
         // Uninterrupted: 7 steps.
-        let full = Trainer(model: try MambaModel(config: config, seed: 5), corpus: corpus,
+        let full = try Trainer(model: try MambaModel(config: config, seed: 5), corpus: corpus,
                            options: Self.options(steps: 7), outDir: a.path, dataFingerprint: ["x"])
         try full.run()
         // Interrupted after step 3 (a checkpoint is written on the interruption), then resumed in a new trainer.
         var polls = 0
-        let first = Trainer(model: try MambaModel(config: config, seed: 5), corpus: corpus,
+        let first = try Trainer(model: try MambaModel(config: config, seed: 5), corpus: corpus,
                             options: Self.options(steps: 7), outDir: b.path, dataFingerprint: ["x"])
         do {
             try first.run(shouldStop: { polls += 1; return polls == 3 })
@@ -74,7 +74,7 @@ import Testing
             #expect(e.kind == .interrupted)
         }
         #expect(first.step == 3)
-        let second = Trainer(model: try MambaModel(config: config, seed: 99), corpus: corpus,
+        let second = try Trainer(model: try MambaModel(config: config, seed: 99), corpus: corpus,
                              options: Self.options(steps: 7), outDir: b.path, dataFingerprint: ["x"])
         try second.resume()
         #expect(second.step == 3)
@@ -96,12 +96,12 @@ import Testing
         let corpus = try Self.corpus()
         try Trainer(model: try MambaModel(config: Self.config, seed: 5), corpus: corpus, options: Self.options(steps: 2),
                     outDir: a.path, dataFingerprint: ["x"]).run()
-        let other = Trainer(model: try MambaModel(config: Self.config, seed: 5), corpus: corpus,
+        let other = try Trainer(model: try MambaModel(config: Self.config, seed: 5), corpus: corpus,
                             options: Self.options(steps: 4), outDir: a.path, dataFingerprint: ["y"])
         #expect(throws: MambaKitError.self) { try other.resume() }
         var c2 = Self.config
         c2.numHiddenLayers = 3
-        let wider = Trainer(model: try MambaModel(config: c2, seed: 5), corpus: corpus,
+        let wider = try Trainer(model: try MambaModel(config: c2, seed: 5), corpus: corpus,
                             options: Self.options(steps: 4), outDir: a.path, dataFingerprint: ["x"])
         #expect(throws: MambaKitError.self) { try wider.resume() }
     }
@@ -109,14 +109,14 @@ import Testing
     @Test func nonFiniteLossStopsAndKeepsTheLastCheckpoint() throws {
         let a = TempDir()
         let corpus = try Self.corpus()
-        let t = Trainer(model: try MambaModel(config: Self.config, seed: 5), corpus: corpus, options: Self.options(steps: 2),
+        let t = try Trainer(model: try MambaModel(config: Self.config, seed: 5), corpus: corpus, options: Self.options(steps: 2),
                         outDir: a.path, dataFingerprint: ["x"])
         try t.run()
         let before = try Data(contentsOf: URL(fileURLWithPath: a.file("checkpoints/step-00000002/model.safetensors")))
         // Poison a weight: the next forward produces NaN.
         let model = try MambaModel.load(directory: a.path)
         model.params.ptr("backbone.norm_f.weight")[0] = .nan
-        let bad = Trainer(model: model, corpus: corpus, options: Self.options(steps: 4), outDir: a.path, dataFingerprint: ["x"])
+        let bad = try Trainer(model: model, corpus: corpus, options: Self.options(steps: 4), outDir: a.path, dataFingerprint: ["x"])
         do {
             try bad.run()
             Issue.record("expected a numeric error")

@@ -110,8 +110,11 @@ public final class ProcessGroup: @unchecked Sendable {
         return Self.part(r, of: size, count)
     }
 
+    /// Rank `rank`'s share of `count` items among `size` ranks.
+    public static func share(of count: Int, rank: Int, size: Int) -> Range<Int> { part(rank, of: size, count) }
+
     static func part(_ r: Int, of n: Int, _ count: Int) -> Range<Int> {
-        // count·r overflows only past 2^63 / size items; multiply in Double-free Int arithmetic via division first.
+        // ⌊r·count/n⌋ without forming r·count: count = q·n + m, so it is q·r + ⌊m·r/n⌋ (m, r < n).
         let q = count / n, m = count % n
         return (q * r + m * r / n)..<(q * (r + 1) + m * (r + 1) / n)
     }
