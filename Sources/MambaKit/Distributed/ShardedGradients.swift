@@ -76,7 +76,9 @@ public final class ShardedGradients {
     /// Most floats in one collective (MPI counts are 32-bit).
     static let maxBucket = 1 << 28
 
-    public init(layout: ArenaLayout, group: ProcessGroup, overlap: Bool = true) {
+    /// `overlap` defaults to on; `MAMBAKIT_MPI_OVERLAP=0` turns it off (to measure what it hides).
+    public init(layout: ArenaLayout, group: ProcessGroup,
+                overlap: Bool = ProcessInfo.processInfo.environment["MAMBAKIT_MPI_OVERLAP"] != "0") {
         self.group = group
         self.overlap = overlap
         total = layout.total

@@ -567,6 +567,11 @@ public final class Trainer {
                                     at: checkpointsDir + "/" + Self.checkpointName(step))
             }
         }
+        if let x = exchange, step > startStep {
+            let n = Double(step - startStep)
+            let perStep = seconds(clock.now - t0) / n
+            events(.note(String(format: "communication (rank 0): %.2f MB sent per step; %.1f ms per step in the gradient exchange and parameter all-gather, %.1f ms of it waiting after backward (overlap %@), of %.1f ms per step", Double(x.bytesPerStep) / 1e6, x.exchangeSeconds / n * 1e3, x.finalWaitSeconds / n * 1e3, x.overlap ? "on" : "off", perStep * 1e3)))
+        }
     }
 
     /// With several processes: every rank must start from the same parameters, step, RNG, options and data (a
