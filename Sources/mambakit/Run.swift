@@ -15,14 +15,15 @@ struct Run: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let spec = try PipelineSpec.load(path: pipeline)
-            try common.apply()
+            try common.apply(distributed: true)
             if common.threads == nil, let t = spec.threads { Parallel.setThreads(t) }
             let out = runsDir + "/" + spec.name
             // --overwrite moves the old run aside, under the lock of its directory, and deletes it only once the new
             // run has started training (its inputs and settings passed every check); a run that fails before that
             // puts the old one back.
             var aside: String? = nil
-            if FileManager.default.fileExists(atPath: out) && !resume {
+            // Under mpirun rank 0 alone moves the old run aside (the others write nothing into the run directory).
+            if FileManager.default.fileExists(atPath: out) && !resume && ProcessGroup.world.isRoot {
                 guard overwrite else {
                     throw MambaKitError(.usage, "the run directory exists; pass --resume to continue it or --overwrite to start again", at: out)
                 }
@@ -35,6 +36,8 @@ struct Run: ParsableCommand {
                 withExtendedLifetime(lock) {}
                 aside = dest
             }
+            // The other ranks look at the run directory only once it has been moved aside.
+            try ProcessGroup.world.barrier()
             let lock = try RunLock(directory: out)
             defer { withExtendedLifetime(lock) {} }
             let progress = ProgressRenderer()

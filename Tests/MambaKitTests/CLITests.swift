@@ -15,7 +15,7 @@ enum CLI {
         var out: String { String(decoding: stdout, as: UTF8.self) }
     }
 
-    static func run(_ args: [String]) throws -> Result {
+    static func run(_ args: [String], environment: [String: String] = testProcessEnvironment) throws -> Result {
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw MambaKitError(.io, "the CLI is not built; run `swift build -c release` first", at: binary)
         }
@@ -23,7 +23,7 @@ enum CLI {
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
         p.currentDirectoryURL = URL(fileURLWithPath: root)
-        p.environment = testProcessEnvironment
+        p.environment = environment
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

@@ -185,6 +185,45 @@ func rewind(_ from: String, to: String, step: Int) throws {
         #expect(try val("k1") == val("k2") && !val("k1").isEmpty)
     }
 
+    /// `run` under mpirun: each variant is trained by every rank together; rank 0 alone evaluates, generates and
+    /// writes the summary, which matches one process's.
+    @Test func pipelinesTrainTheirVariantsAcrossProcesses() throws {
+        let tmp = TempDir()
+        let yaml = """
+            name: dp
+            data:
+              format: bytes
+              train: [samples/text/ruth.txt]
+              eval: samples/text/ruth.txt
+            model: {d_model: 32, layers: 2, d_state: 8}
+            train: {steps: 12, batch_size: 4, seq_len: 64, seed: 2, eval_every: 6, checkpoint_every: 6, log_every: 3}
+            generate: {prompt: "And ", max_new_tokens: 16, temperature: 0}
+            variants:
+              - name: m1
+              - name: m2
+                mixer: mamba2
+                head_dim: 16
+            """
+        try yaml.write(toFile: tmp.file("dp.yaml"), atomically: false, encoding: .utf8)
+        let one = try CLI.run(["run", tmp.file("dp.yaml"), "--runs-dir", tmp.file("one"), "--threads", "1"])
+        #expect(one.status == 0, "\(one.stderr)")
+        let two = try MPIRun.run(np: 2, ["run", tmp.file("dp.yaml"), "--runs-dir", tmp.file("two"), "--threads", "1"])
+        #expect(two.status == 0, "\(two.stderr)")
+        let s1 = try JSONSerialization.jsonObject(with: one.stdout) as? [String: Any]
+        let s2 = try JSONSerialization.jsonObject(with: two.stdout) as? [String: Any]
+        let r1 = s1?["results"] as? [[String: Any]] ?? [], r2 = s2?["results"] as? [[String: Any]] ?? []
+        #expect(r1.count == 2 && r2.count == 2, "\(two.out)")
+        for (a, b) in zip(r1, r2) {
+            let e1 = (a["eval"] as? [String: Any])?["bits_per_byte"] as? Double ?? .nan
+            let e2 = (b["eval"] as? [String: Any])?["bits_per_byte"] as? Double ?? .nan
+            #expect(abs(e1 - e2) < 1e-4, "\(a["variant"] ?? "?"): \(e1) vs \(e2) bits/byte")
+            let d = try maxDifference(tmp.file("one/dp/\(a["variant"]!)/model.safetensors"),
+                                      tmp.file("two/dp/\(b["variant"]!)/model.safetensors"))
+            #expect(d < Self.orderTolerance)
+        }
+        #expect(FileManager.default.fileExists(atPath: tmp.file("two/dp/m2/generated.txt")))
+    }
+
     @Test func failingRankStopsEveryRankAndLeavesACheckpoint() throws {
         let tmp = TempDir()
         let out = tmp.file("run")
@@ -215,13 +254,52 @@ func rewind(_ from: String, to: String, step: Int) throws {
                   let close = stat.lastIndex(of: ")") else { return false }
             return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
         }
-        for r in ranks { #expect(!running(r), "rank process \(r) outlived the failure") }
+        // mpirun signals the other ranks as it exits: give them a few seconds to go.
+        var left = 10.0
+        while ranks.contains(where: running) && left > 0 { Thread.sleep(forTimeInterval: 0.1); left -= 0.1 }
+        for r in ranks { #expect(!running(r), "rank process \(r) outlived the failure by 10 s") }
         // The last checkpoint is whole: one process resumes from it.
         let latest = try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         let step = Int(latest.dropFirst("step-".count))!
         let r = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", out, "--resume", "--steps", String(step + 2), "--threads", "1"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stderr.contains("model saved to \(out) (step \(step + 2))"), "\(r.stderr)")
+    }
+
+    /// Ctrl-C reaches every rank; they agree at the end of a step, write one checkpoint and stop.
+    @Test func interruptCheckpointsEveryRankTogether() throws {
+        let tmp = TempDir()
+        let out = tmp.file("run")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: MPIRun.mpirun!)
+        p.arguments = MPIRun.arguments(np: 2, ["train", "--data", "samples/text/ruth.txt", "--steps", "100000", "--batch-size", "4",
+                                               "--seq-len", "64", "--d-model", "32", "--layers", "2", "--checkpoint-every", "50",
+                                               "--out", out, "--threads", "1"])
+        p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
+        p.environment = MPIRun.environment
+        let err = Pipe()
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = err
+        try p.run()
+        killAfter(p, seconds: 120)
+        var waited = 0.0
+        while !FileManager.default.fileExists(atPath: out + "/checkpoints/latest") && waited < 60 {
+            Thread.sleep(forTimeInterval: 0.2); waited += 0.2
+        }
+        // Ctrl-C at a terminal signals the whole foreground group: mpirun and every rank. (Signalled through
+        // mpirun alone, it is forwarded too, but the test runner hands its children SIGINT blocked, and mpirun,
+        // unlike mambakit, does not unblock it.)
+        for r in try rankProcesses(of: p.processIdentifier) { kill(r, SIGINT) }
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus != 0)
+        #expect(text.contains("error: interrupted at step"), "\(text.suffix(2000))")
+        let latest = try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let step = Int(latest.dropFirst("step-".count))!
+        // The checkpoint written on the interrupt is the latest.
+        #expect(text.contains("interrupted at step \(step) of 100000"), "\(text.suffix(2000))")
+        let r = try MPIRun.run(np: 2, ["train", "--data", "samples/text/ruth.txt", "--out", out, "--resume", "--steps", String(step + 3), "--threads", "1"])
+        #expect(r.status == 0, "\(r.stderr)")
     }
 
     /// The processes mpirun started (its children), found through /proc.
@@ -283,6 +361,16 @@ func rewind(_ from: String, to: String, step: Int) throws {
                 == Array(UnsafeBufferPointer(start: sliced.base, count: layout.total)))
         let squares = AdamW.squaredNorm(grads, range: 0..<cut[1]) + AdamW.squaredNorm(grads, range: cut[1]..<cut[2])
         #expect(abs(squares.squareRoot() - AdamW.gradientNorm(grads)) <= 1e-12 * AdamW.gradientNorm(grads))
+    }
+
+    /// A process told it was launched by MPI whose library cannot be loaded says so, and starts nothing.
+    @Test func missingMPILibraryIsNamed() throws {
+        let tmp = TempDir()
+        let env = testProcessEnvironment.merging(["MAMBAKIT_MPI": "1", "MAMBAKIT_MPI_LIBRARY": "/nonexistent/libmpi.so.40"]) { $1 }
+        let r = try CLI.run(["train", "--data", "samples/text/ruth.txt", "--out", tmp.file("o"), "--steps", "1"], environment: env)
+        #expect(r.status == 1)
+        #expect(r.stderr.hasPrefix("error: cannot load the MPI library /nonexistent/libmpi.so.40"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("o")))
     }
 
     @Test func ranksShareTheHostsCores() {

@@ -222,7 +222,10 @@ public enum ClassificationPipeline {
     public static func run(_ spec: PipelineSpec, pipelinePath: String, out: String, resume: Bool,
                            events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
         guard let c = spec.classify else { throw MambaKitError(.config, "not a classify pipeline", at: pipelinePath) }
-        try ensureDirectory(out)
+        // Under mpirun every rank trains each model together; rank 0 alone prepares the data, evaluates and
+        // writes (the others read what it prepared: the run directory is on a file system they all see).
+        let group = ProcessGroup.world
+        if group.isRoot { try ensureDirectory(out) }
         let clock = ContinuousClock()
         var summary: [String: Any] = ["name": spec.name, "pipeline": pipelinePath, "task": "classify"]
 
@@ -232,7 +235,7 @@ public enum ClassificationPipeline {
         case let .fragments(sources, lengths, counts, fractions, seed, maxAmbiguous):
             for len in lengths {
                 let dir = "\(out)/L\(len)/data"
-                if !(resume && FileManager.default.fileExists(atPath: dir + "/test")) {
+                if group.isRoot && !(resume && FileManager.default.fileExists(atPath: dir + "/test")) {
                     events(.stage("cutting \(len)-base fragments into \(dir)"))
                     try FragmentSampler.write(
                         sources: LanguageModelTask.expandPaths(sources), length: len,
@@ -243,7 +246,7 @@ public enum ClassificationPipeline {
             }
         case let .shuffledControl(positives, count, fractions, seed, pc, nc):
             let dir = out + "/data"
-            if !(resume && FileManager.default.fileExists(atPath: dir + "/test")) {
+            if group.isRoot && !(resume && FileManager.default.fileExists(atPath: dir + "/test")) {
                 events(.stage("writing positives and dinucleotide-shuffled controls into \(dir)"))
                 try writeShuffledControl(positives: positives, count: count, fractions: fractions, seed: seed,
                                          positiveClass: pc, negativeClass: nc, out: dir)
@@ -252,6 +255,7 @@ public enum ClassificationPipeline {
         case let .directories(train, val, test):
             variants.append(("main", train, val, test))
         }
+        try group.barrier()
 
         // 2. Optional genome pretraining.
         var pretrainedDir: String? = nil
@@ -305,7 +309,7 @@ public enum ClassificationPipeline {
                                           "best_step": trainer.bestStep, "train_seconds": trainSeconds,
                                           "parameters": trainer.model.config.parameterCount,
                                           "best_val_loss": trainer.bestLoss.isFinite ? trainer.bestLoss : NSNull()]
-                if let test = v.test {
+                if let test = v.test, group.isRoot {
                     events(.stage("evaluating on \(test)"))
                     let loaded = try ClassificationTask.Loaded(directory: modelDir)
                     let report = try ClassificationTask.evaluate(loaded, data: test, labels: nil)
@@ -337,8 +341,10 @@ public enum ClassificationPipeline {
             }
         }
         summary["results"] = results
-        try AtomicFile.write(try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys]),
-                             to: out + "/summary.json")
+        if group.isRoot {
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys]),
+                                 to: out + "/summary.json")
+        }
         return summary
     }
 

@@ -13,12 +13,14 @@ public enum LanguageModelPipeline {
                            events: (Event) -> Void, shouldStop: () -> Bool) throws -> [String: Any] {
         try spec.refuseEpochsForLanguageModel()
         guard !spec.trainData.isEmpty else { throw MambaKitError(.config, "data.train is empty", at: pipelinePath) }
+        // Under mpirun every rank trains each variant together; rank 0 alone evaluates, generates and writes.
+        let root = ProcessGroup.world.isRoot
         var summary: [String: Any] = ["name": spec.name, "pipeline": pipelinePath]
         if spec.variants.isEmpty {
             summary.merge(try runOne(spec, model: spec.model, out: out, resume: resume, events: events,
                                      shouldStop: shouldStop)) { $1 }
         } else {
-            try ensureDirectory(out)
+            if root { try ensureDirectory(out) }
             var results: [[String: Any]] = []
             for (name, variant, train) in spec.variants {
                 events(.stage("variant \(name)"))
@@ -27,12 +29,15 @@ public enum LanguageModelPipeline {
                 var r = try runOne(s, model: variant.merged(over: spec.model), out: out + "/" + name, resume: resume,
                                    events: events, shouldStop: shouldStop)
                 r["variant"] = name
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys]),
-                                     to: out + "/" + name + "/summary.json")
+                if root {
+                    try AtomicFile.write(try JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys]),
+                                         to: out + "/" + name + "/summary.json")
+                }
                 results.append(r)
             }
             summary["results"] = results
         }
+        guard root else { return summary }
         if !spec.ngramOrders.isEmpty, let evalPath = spec.evalData {
             events(.stage("n-gram baselines (orders \(spec.ngramOrders.map(String.init).joined(separator: ", ")))"))
             summary["ngram"] = try ngramBaselines(spec, eval: evalPath)
@@ -78,6 +83,7 @@ public enum LanguageModelPipeline {
                                       "layout": c.modelType.rawValue, "peak_rss_mb": Double(peakMemory()) / 1e6]
         // The median logged window (each spans `log_every` steps): steady-state speed, robust to a slow window.
         if !windows.isEmpty { summary["train_tokens_per_s"] = windows.sorted()[windows.count / 2] }
+        guard ProcessGroup.world.isRoot else { return summary }
         if let evalPath = spec.evalData {
             events(.stage("evaluating \(evalPath)"))
             let report = try LanguageModelTask.evaluate(model: trainer.model, path: evalPath, format: spec.format,

@@ -433,6 +433,7 @@ public final class Trainer {
             model.layerGradientsReady = { [unowned model] l in x.layerReady(l, grads: model.grads) }
         } else {
             exchange = nil
+            model.layerGradientsReady = nil
         }
         try objective.shard(group)
         optimizer = AdamW(layout: layout, hyper: .init(
