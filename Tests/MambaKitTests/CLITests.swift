@@ -15,12 +15,14 @@ enum CLI {
         var out: String { String(decoding: stdout, as: UTF8.self) }
     }
 
-    static func run(_ args: [String], environment: [String: String] = testProcessEnvironment) throws -> Result {
+    /// Runs the binary (or `executable`, a launcher given the binary among `args`) in the repository root.
+    static func run(_ args: [String], environment: [String: String] = testProcessEnvironment,
+                    executable: String = binary) throws -> Result {
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw MambaKitError(.io, "the CLI is not built; run `swift build -c release` first", at: binary)
         }
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
+        p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
         p.currentDirectoryURL = URL(fileURLWithPath: root)
         p.environment = environment

@@ -22,25 +22,41 @@ enum MPIRun {
     }
 
     static func run(np: Int, _ args: [String]) throws -> CLI.Result {
+        try CLI.run(arguments(np: np, args), environment: environment, executable: mpirun!)
+    }
+
+    /// A long `train` of `np` ranks into `out`, started in the background, once it has written a checkpoint;
+    /// stderr goes to the returned pipe.
+    static func startLongRun(np: Int, out: String) throws -> (process: Process, stderr: Pipe) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: mpirun!)
-        p.arguments = arguments(np: np, args)
+        p.arguments = arguments(np: np, ["train", "--data", "samples/text/ruth.txt", "--steps", "100000", "--batch-size", "4",
+                                         "--seq-len", "64", "--d-model", "32", "--layers", "2", "--checkpoint-every", "20",
+                                         "--out", out, "--threads", "1"])
         p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
         p.environment = environment
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
+        let err = Pipe()
+        p.standardOutput = FileHandle.nullDevice
         p.standardError = err
         try p.run()
-        killAfter(p, seconds: 300)
-        final class Box: @unchecked Sendable { var data = Data() }
-        let errBox = Box()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        p.waitUntilExit()
-        return CLI.Result(status: p.terminationStatus, stdout: outData, stderr: String(decoding: errBox.data, as: UTF8.self))
+        killAfter(p, seconds: 120)
+        var waited = 0.0
+        while !FileManager.default.fileExists(atPath: out + "/checkpoints/latest") && waited < 60 {
+            Thread.sleep(forTimeInterval: 0.2); waited += 0.2
+        }
+        return (p, err)
+    }
+
+    /// The processes `parent` started (mpirun's ranks), found through /proc.
+    static func children(of parent: Int32) throws -> [Int32] {
+        var pids: [Int32] = []
+        for name in try FileManager.default.contentsOfDirectory(atPath: "/proc") {
+            guard let pid = Int32(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 2, Int32(fields[1]) == parent { pids.append(pid) }
+        }
+        return pids.sorted()
     }
 }
 
@@ -227,23 +243,10 @@ func rewind(_ from: String, to: String, step: Int) throws {
     @Test func failingRankStopsEveryRankAndLeavesACheckpoint() throws {
         let tmp = TempDir()
         let out = tmp.file("run")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: MPIRun.mpirun!)
-        p.arguments = MPIRun.arguments(np: 2, ["train", "--data", "samples/text/ruth.txt", "--steps", "100000", "--batch-size", "4",
-                                               "--seq-len", "64", "--d-model", "32", "--layers", "2", "--checkpoint-every", "20",
-                                               "--out", out, "--threads", "1"])
-        p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
-        p.environment = MPIRun.environment
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        killAfter(p, seconds: 120)
-        // Wait for a checkpoint, then kill one rank (a crash: no message, no checkpoint of its own).
-        var waited = 0.0
-        while !FileManager.default.fileExists(atPath: out + "/checkpoints/latest") && waited < 60 {
-            Thread.sleep(forTimeInterval: 0.2); waited += 0.2
-        }
-        let ranks = try rankProcesses(of: p.processIdentifier)
+        // Once a checkpoint is written, kill one rank (a crash: no message, no checkpoint of its own).
+        let (p, err) = try MPIRun.startLongRun(np: 2, out: out)
+        DispatchQueue.global().async { _ = err.fileHandleForReading.readDataToEndOfFile() }
+        let ranks = try MPIRun.children(of: p.processIdentifier)
         #expect(ranks.count == 2, "rank processes: \(ranks)")
         if let victim = ranks.last { kill(victim, SIGKILL) }
         p.waitUntilExit()
@@ -270,26 +273,10 @@ func rewind(_ from: String, to: String, step: Int) throws {
     @Test func interruptCheckpointsEveryRankTogether() throws {
         let tmp = TempDir()
         let out = tmp.file("run")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: MPIRun.mpirun!)
-        p.arguments = MPIRun.arguments(np: 2, ["train", "--data", "samples/text/ruth.txt", "--steps", "100000", "--batch-size", "4",
-                                               "--seq-len", "64", "--d-model", "32", "--layers", "2", "--checkpoint-every", "50",
-                                               "--out", out, "--threads", "1"])
-        p.currentDirectoryURL = URL(fileURLWithPath: CLI.root)
-        p.environment = MPIRun.environment
-        let err = Pipe()
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = err
-        try p.run()
-        killAfter(p, seconds: 120)
-        var waited = 0.0
-        while !FileManager.default.fileExists(atPath: out + "/checkpoints/latest") && waited < 60 {
-            Thread.sleep(forTimeInterval: 0.2); waited += 0.2
-        }
-        // Ctrl-C at a terminal signals the whole foreground group: mpirun and every rank. (Signalled through
-        // mpirun alone, it is forwarded too, but the test runner hands its children SIGINT blocked, and mpirun,
-        // unlike mambakit, does not unblock it.)
-        for r in try rankProcesses(of: p.processIdentifier) { kill(r, SIGINT) }
+        let (p, err) = try MPIRun.startLongRun(np: 2, out: out)
+        // Ctrl-C at a terminal signals the whole foreground group: mpirun and every rank. (Sent to mpirun alone
+        // from a shell, it is forwarded to the ranks too; mpirun started by the test runner ignored it.)
+        for r in try MPIRun.children(of: p.processIdentifier) { kill(r, SIGINT) }
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         #expect(p.terminationStatus != 0)
@@ -300,18 +287,6 @@ func rewind(_ from: String, to: String, step: Int) throws {
         #expect(text.contains("interrupted at step \(step) of 100000"), "\(text.suffix(2000))")
         let r = try MPIRun.run(np: 2, ["train", "--data", "samples/text/ruth.txt", "--out", out, "--resume", "--steps", String(step + 3), "--threads", "1"])
         #expect(r.status == 0, "\(r.stderr)")
-    }
-
-    /// The processes mpirun started (its children), found through /proc.
-    func rankProcesses(of parent: Int32) throws -> [Int32] {
-        var pids: [Int32] = []
-        for name in try FileManager.default.contentsOfDirectory(atPath: "/proc") {
-            guard let pid = Int32(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { continue }
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            if fields.count > 2, Int32(fields[1]) == parent { pids.append(pid) }
-        }
-        return pids.sorted()
     }
 
     @Test func refusalsNameTheReason() throws {
