@@ -547,9 +547,18 @@ public enum LanguageModelTask {
             config.mambakit = ["format": format.rawValue, "tokenizer": ByteTokenizer.name]
         }
         try checkTrainingMemory(config: config, options: options)
-        let (corpus, fp) = try storedCorpus(format: format, paths: data, valFraction: options.valFraction,
-                                            tokenizer: tokenizer, audio: audio, cacheDirectory: cacheDirectory,
-                                            progress: tokenizing, note: { events(.note($0)) })
+        // Under mpirun the first rank of each host tokenizes into the store while the others wait, then they
+        // open it (instead of every rank tokenizing the same corpus at once).
+        let group = ProcessGroup.world
+        func corpusOfStore() throws -> (TokenCorpus, [String]) {
+            try storedCorpus(format: format, paths: data, valFraction: options.valFraction, tokenizer: tokenizer,
+                             audio: audio, cacheDirectory: cacheDirectory, progress: tokenizing,
+                             note: { events(.note($0)) })
+        }
+        var built: (TokenCorpus, [String])? = group.localRank == 0 ? try corpusOfStore() : nil
+        try group.barrier()
+        if built == nil { built = try corpusOfStore() }
+        let (corpus, fp) = built!
         let model: MambaModel
         if resume {
             model = try MambaModel(config: config)
