@@ -197,6 +197,14 @@ public final class ProcessGroup: @unchecked Sendable {
         try check(mk_mpi_barrier(), "MPI_Barrier")
     }
 
+    /// MPI's 32-bit counts and displacements of `ranges`, or an error when they do not fit.
+    static func counts(_ ranges: [Range<Int>]) throws -> (counts: [Int32], displs: [Int32]) {
+        guard let end = ranges.map(\.upperBound).max(), end <= Int(Int32.max) else {
+            throw MambaKitError(.distributed, "cannot move \(ranges.map(\.upperBound).max() ?? 0) floats in one MPI collective (at most \(Int32.max))")
+        }
+        return (ranges.map { Int32($0.count) }, ranges.map { Int32($0.lowerBound) })
+    }
+
     /// The floats of `ranges` (one per rank, ascending, together 0..<count) gathered from their owners onto
     /// `root`: rank r contributes `local` (ranges[r].count floats); root receives them at their offsets in `into`
     /// (count floats; ignored elsewhere).
@@ -206,7 +214,7 @@ public final class ProcessGroup: @unchecked Sendable {
             if let into { into.update(from: local, count: ranges[0].count) }
             return
         }
-        let counts = ranges.map { Int32($0.count) }, displs = ranges.map { Int32($0.lowerBound) }
+        let (counts, displs) = try Self.counts(ranges)
         let t0 = mk_mpi_wtime()
         try check(mk_mpi_gatherv(local, counts[rank], into, counts, displs, Int32(MK_MPI_FLOAT), Int32(root)), "MPI_Gatherv")
         waitSeconds += mk_mpi_wtime() - t0
@@ -216,7 +224,7 @@ public final class ProcessGroup: @unchecked Sendable {
     /// In place over `buffer`: rank r's floats at `ranges[r]` copied to every rank.
     func allgather(_ buffer: UnsafeMutablePointer<Float>, ranges: [Range<Int>]) throws {
         guard usesMPI, size > 1 else { return }
-        let counts = ranges.map { Int32($0.count) }, displs = ranges.map { Int32($0.lowerBound) }
+        let (counts, displs) = try Self.counts(ranges)
         let t0 = mk_mpi_wtime()
         try check(mk_mpi_allgatherv_inplace(buffer, counts, displs, Int32(MK_MPI_FLOAT)), "MPI_Allgatherv")
         waitSeconds += mk_mpi_wtime() - t0

@@ -73,8 +73,9 @@ public final class ShardedGradients {
     /// Bytes this rank sends per step: the reduce-scatter and the parameter all-gather.
     public let bytesPerStep: Int
 
-    /// Most floats in one collective (MPI counts are 32-bit).
-    static let maxBucket = 1 << 28
+    /// Most floats in one bucket: MPI's counts and displacements are 32-bit, and the owner receives N copies of
+    /// its part of a bucket into one buffer.
+    static func maxBucket(ranks: Int) -> Int { max(1, min(1 << 28, Int(Int32.max) / max(ranks, 1))) }
 
     /// `overlap` defaults to on; `MAMBAKIT_MPI_OVERLAP=0` turns it off (to measure what it hides).
     public init(layout: ArenaLayout, group: ProcessGroup,
@@ -116,7 +117,7 @@ public final class ShardedGradients {
         for r in ordered where !r.range.isEmpty {
             var lo = r.range.lowerBound
             while lo < r.range.upperBound {
-                let hi = min(r.range.upperBound, lo + Self.maxBucket)
+                let hi = min(r.range.upperBound, lo + Self.maxBucket(ranks: group.size))
                 if let l = r.layer { byLayer[l, default: []].append(list.count) }
                 list.append(Bucket(range: lo..<hi, slices: slices, rank: group.rank))
                 lo = hi
