@@ -617,18 +617,34 @@ public final class Trainer {
     @discardableResult
     public func saveCheckpoint() throws -> String {
         let name = Self.checkpointName(step)
-        var moments: (m: FloatBuffer, v: FloatBuffer)? = nil
-        if let x = exchange {
-            let full = group.isRoot ? (FloatBuffer(count: x.total), FloatBuffer(count: x.total)) : nil
-            try group.gather(optimizer.m.ptr, ranges: x.slices, into: full?.0.ptr)
-            try group.gather(optimizer.v.ptr, ranges: x.slices, into: full?.1.ptr)
-            moments = full
+        // Each view's moments, gathered view by view from the slices' owners onto rank 0 (so that rank 0 holds
+        // no more than one process writing a checkpoint does: one copy of each tensor); empty on other ranks.
+        var moments: [(m: [Float], v: [Float])] = []
+        let base = optimizer.range.lowerBound
+        for view in model.params.layout.views {
+            let end = view.offset + view.count
+            if let x = exchange {
+                let parts = x.slices.map { s -> Range<Int> in
+                    let lo = min(max(view.offset, s.lowerBound), end), hi = max(min(end, s.upperBound), lo)
+                    return (lo - view.offset)..<(hi - view.offset)
+                }
+                let mine = parts[group.rank].lowerBound + view.offset - base
+                var pair: (m: [Float], v: [Float]) = ([], [])
+                if group.isRoot { pair = ([Float](repeating: 0, count: view.count), [Float](repeating: 0, count: view.count)) }
+                try pair.m.withUnsafeMutableBufferPointer { b in
+                    try group.gather(optimizer.m.ptr + max(0, mine), ranges: parts, into: group.isRoot ? b.baseAddress : nil)
+                }
+                try pair.v.withUnsafeMutableBufferPointer { b in
+                    try group.gather(optimizer.v.ptr + max(0, mine), ranges: parts, into: group.isRoot ? b.baseAddress : nil)
+                }
+                moments.append(pair)
+            } else {
+                moments.append((Array(UnsafeBufferPointer(start: optimizer.m.ptr + view.offset - base, count: view.count)),
+                                Array(UnsafeBufferPointer(start: optimizer.v.ptr + view.offset - base, count: view.count))))
+            }
         }
         let carried = try objective.checkpointState()
-        try rootWrites {
-            try writeCheckpoint(name: name, m: moments?.m.ptr ?? optimizer.m.ptr, v: moments?.v.ptr ?? optimizer.v.ptr,
-                                carried: carried)
-        }
+        try rootWrites { try writeCheckpoint(name: name, moments: moments, carried: carried) }
         return checkpointsDir + "/" + name
     }
 
@@ -643,8 +659,8 @@ public final class Trainer {
         if failed { throw MambaKitError(.distributed, "rank 0 could not write to the run directory (its error says why); stopping", at: outDir) }
     }
 
-    /// Rank 0's part of `saveCheckpoint`: `m` and `v` are the moments over the whole arena.
-    func writeCheckpoint(name: String, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+    /// Rank 0's part of `saveCheckpoint`: `moments` are each view's whole moments, in layout order.
+    func writeCheckpoint(name: String, moments: [(m: [Float], v: [Float])],
                          carried: (json: [String: Any], tensors: [SafeTensorOut])) throws {
         try ensureDirectory(checkpointsDir)
         let final = checkpointsDir + "/" + name
@@ -654,11 +670,9 @@ public final class Trainer {
         do {
             try model.save(directory: tmp)
             var tensors: [SafeTensorOut] = []
-            for view in model.params.layout.views {
-                tensors.append(SafeTensorOut(name: "m." + view.name, shape: view.shape,
-                                             floats: Array(UnsafeBufferPointer(start: m + view.offset, count: view.count))))
-                tensors.append(SafeTensorOut(name: "v." + view.name, shape: view.shape,
-                                             floats: Array(UnsafeBufferPointer(start: v + view.offset, count: view.count))))
+            for (view, (m, v)) in zip(model.params.layout.views, moments) {
+                tensors.append(SafeTensorOut(name: "m." + view.name, shape: view.shape, floats: m))
+                tensors.append(SafeTensorOut(name: "v." + view.name, shape: view.shape, floats: v))
             }
             tensors += carried.tensors
             try SafeTensorsFile.write(tensors, metadata: ["format": "mambakit-training"],
