@@ -153,7 +153,7 @@ func killAfter(_ p: Process, seconds: Double) {
             #expect(!r.stderr.contains("Fatal error"), "\(args) crashed: \(r.stderr)")
         }
         // A misspelt pipeline key is an error naming the key and the file.
-        try "name: x\ntrain: {stpes: 3}\n".write(toFile: tmp.file("p.yaml"), atomically: true, encoding: .utf8)
+        try "name: x\ntrain: {stpes: 3}\n".write(toFile: tmp.file("p.yaml"), atomically: false, encoding: .utf8)
         let r = try CLI.run(["run", tmp.file("p.yaml")])
         #expect(r.status != 0 && r.stderr.contains("stpes") && r.stderr.contains("p.yaml"), "\(r.stderr)")
     }

@@ -7,7 +7,7 @@ import Testing
     func write(_ dir: TempDir, _ name: String, _ text: String) throws -> String {
         let p = dir.file(name)
         try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        try text.write(toFile: p, atomically: false, encoding: .utf8)
         return p
     }
 

@@ -77,7 +77,7 @@ import Testing
                 fasta += ">\(r.name)\n" + String(decoding: r.sequence, as: UTF8.self) + "\n"
             }
         }
-        try text.write(toFile: tsv, atomically: true, encoding: .utf8)
+        try text.write(toFile: tsv, atomically: false, encoding: .utf8)
         try Data(Gzip.compress(Array(fasta.utf8))).write(to: URL(fileURLWithPath: tmp.file("all.fa.gz")))
         let eval2 = try CLI.run(["classify", "eval", "--model", model, "--data", tmp.file("all.fa.gz"), "--labels", tsv, "--json"])
         #expect(eval2.status == 0, "\(eval2.stderr)")
@@ -89,8 +89,8 @@ import Testing
         let tmp = TempDir()
         // A class directory whose file is not FASTA.
         try FileManager.default.createDirectory(atPath: tmp.file("d"), withIntermediateDirectories: true)
-        try ">a\nACGT\n".write(toFile: tmp.file("d/x.fa"), atomically: true, encoding: .utf8)
-        try "hello\n".write(toFile: tmp.file("d/y.fa"), atomically: true, encoding: .utf8)
+        try ">a\nACGT\n".write(toFile: tmp.file("d/x.fa"), atomically: false, encoding: .utf8)
+        try "hello\n".write(toFile: tmp.file("d/y.fa"), atomically: false, encoding: .utf8)
         let r = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o"), "--steps", "1"] + Self.tiny)
         #expect(r.status != 0)
         #expect(r.stderr.contains("error: expected '>' or '@'") && r.stderr.contains("y.fa, line 1"), "\(r.stderr)")
@@ -100,7 +100,7 @@ import Testing
         let one = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o"), "--steps", "1"] + Self.tiny)
         #expect(one.status != 0 && one.stderr.contains("at least two"), "\(one.stderr)")
         // A non-IUPAC letter under the DNA tokenizer names the file, the record and the position.
-        try ">ok\nACGT\n>bad\nACGJT\n".write(toFile: tmp.file("d/y.fa"), atomically: true, encoding: .utf8)
+        try ">ok\nACGT\n>bad\nACGJT\n".write(toFile: tmp.file("d/y.fa"), atomically: false, encoding: .utf8)
         let bad = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o"), "--steps", "1"] + Self.tiny)
         #expect(bad.status != 0 && bad.stderr.contains("y.fa, record 2 'bad'"), "\(bad.stderr)")
         // predict on a model that is not a classifier.
@@ -232,7 +232,7 @@ import Testing
         for (name, alphabet) in [("at", Array("AT".utf8)), ("gc", Array("GC".utf8))] {
             var s = ""
             for i in 0..<20 { s += ">\(name)\(i)\n" + String(decoding: (0..<40).map { _ in alphabet[rng.int(below: 2)] }, as: UTF8.self) + "\n" }
-            try s.write(toFile: tmp.file("d/\(name).fa"), atomically: true, encoding: .utf8)
+            try s.write(toFile: tmp.file("d/\(name).fa"), atomically: false, encoding: .utf8)
         }
         let r = try CLI.run(["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("o"),
                              "--d-model", "16", "--layers", "1", "--d-state", "4", "--threads", "2"])

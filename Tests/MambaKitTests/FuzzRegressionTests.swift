@@ -43,8 +43,8 @@ import Testing
 
     static func companionFiles() throws -> TempDir {
         let dir = TempDir()
-        try labelsFasta.write(toFile: dir.file("labels.fa"), atomically: true, encoding: .utf8)
-        try indexedFasta.write(toFile: dir.file("indexed.fa"), atomically: true, encoding: .utf8)
+        try labelsFasta.write(toFile: dir.file("labels.fa"), atomically: false, encoding: .utf8)
+        try indexedFasta.write(toFile: dir.file("indexed.fa"), atomically: false, encoding: .utf8)
         return dir
     }
 
@@ -164,7 +164,7 @@ import Testing
         let crlf = Self.root + "/labels/crlf.tsv"
         let text = try String(contentsOfFile: crlf, encoding: .utf8)
         #expect(text.utf8.contains(0x0D))
-        try text.replacingOccurrences(of: "\r\n", with: "\n").write(toFile: dir.file("lf.tsv"), atomically: true,
+        try text.replacingOccurrences(of: "\r\n", with: "\n").write(toFile: dir.file("lf.tsv"), atomically: false,
                                                                    encoding: .utf8)
         let tokenizer = ModelTokenizer.dna(DNATokenizer())
         let a = try ClassificationDataset.load(dir.file("labels.fa"), labels: crlf, tokenizer: tokenizer)

@@ -119,7 +119,7 @@ import Testing
         ]
         for (i, (body, name)) in cases.enumerated() {
             let path = tmp.file("p\(i).yaml")
-            try "name: p\(i)\ntask: lm\n\(body)\n".write(toFile: path, atomically: true, encoding: .utf8)
+            try "name: p\(i)\ntask: lm\n\(body)\n".write(toFile: path, atomically: false, encoding: .utf8)
             // Every key sits on line 3: the error names it.
             try Self.expectRefused(["run", path, "--runs-dir", tmp.file("runs")], naming: [name, path + ", line 3"])
             try Self.expectRefused(["train"] + Self.data + ["--out", tmp.file("o\(i)"), "--config", path],
@@ -127,9 +127,9 @@ import Testing
         }
         // Block style: a value of the wrong type, and an unknown key, each on its own line.
         let block = tmp.file("block.yaml")
-        try "name: b\ntask: lm\ntrain:\n  steps: 2\n  seq_len: long\n".write(toFile: block, atomically: true, encoding: .utf8)
+        try "name: b\ntask: lm\ntrain:\n  steps: 2\n  seq_len: long\n".write(toFile: block, atomically: false, encoding: .utf8)
         try Self.expectRefused(["run", block, "--runs-dir", tmp.file("runs")], naming: ["'seq_len' must be an integer", block + ", line 5"])
-        try "name: b\ntask: lm\ntrain:\n  steps: 2\n  lgo_every: 3\n".write(toFile: block, atomically: true, encoding: .utf8)
+        try "name: b\ntask: lm\ntrain:\n  steps: 2\n  lgo_every: 3\n".write(toFile: block, atomically: false, encoding: .utf8)
         try Self.expectRefused(["run", block, "--runs-dir", tmp.file("runs")], naming: ["unknown key 'lgo_every' in train", block + ", line 5"])
     }
 
@@ -150,11 +150,11 @@ import Testing
         ]
         for (from, to, name) in edits {
             try #require(original.contains(from), "trainer_state.json has no \(from)")
-            try original.replacingOccurrences(of: from, with: to).write(toFile: state, atomically: true, encoding: .utf8)
+            try original.replacingOccurrences(of: from, with: to).write(toFile: state, atomically: false, encoding: .utf8)
             try Self.expectRefused(["train"] + Self.data + ["--out", out, "--resume", "--steps", "4"],
                                    naming: [name, "trainer_state.json"])
         }
-        try "{ not json".write(toFile: state, atomically: true, encoding: .utf8)
+        try "{ not json".write(toFile: state, atomically: false, encoding: .utf8)
         try Self.expectRefused(["train"] + Self.data + ["--out", out, "--resume", "--steps", "4"], naming: ["trainer_state.json"])
     }
 
@@ -203,7 +203,7 @@ import Testing
         let originalConfig = try String(contentsOfFile: config, encoding: .utf8)
         func restore() throws {
             try original.write(to: URL(fileURLWithPath: weights))
-            try originalConfig.write(toFile: config, atomically: true, encoding: .utf8)
+            try originalConfig.write(toFile: config, atomically: false, encoding: .utf8)
         }
         // A NaN in one tensor: refused at load, naming it.
         var tensors = good.weightTensors()
@@ -220,7 +220,7 @@ import Testing
                                  ("\"hidden_size\": 16", "\"hidden_size\": 16000000", "config needs"),
                                  ("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 100000000", "num_hidden_layers")] {
             try #require(originalConfig.contains(from), "config.json has no \(from)")
-            try originalConfig.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
+            try originalConfig.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: false, encoding: .utf8)
             try Self.expectRefused(["eval", "--model", dir, "--data", "samples/text/ruth.txt"], naming: [name])
             try Self.expectRefused(["inspect", "--model", dir], naming: [name])
         }
@@ -253,7 +253,7 @@ import Testing
         #expect(try MambaModel.load(directory: tmp.file("m")).config.mambakit["format"] as? String == "audio")
         // Text files are neither: the error says so and how to choose.
         try FileManager.default.createDirectory(atPath: tmp.file("text/a"), withIntermediateDirectories: true)
-        try "hello".write(toFile: tmp.file("text/a/x.txt"), atomically: true, encoding: .utf8)
+        try "hello".write(toFile: tmp.file("text/a/x.txt"), atomically: false, encoding: .utf8)
         try Self.expectRefused(["classify", "train", "--train", tmp.file("text"), "--out", tmp.file("t")], naming: ["--format"])
     }
 
@@ -263,8 +263,8 @@ import Testing
         let tmp = TempDir()
         let train = tmp.file("train")
         try FileManager.default.createDirectory(atPath: train, withIntermediateDirectories: true)
-        try ">a1\nACGTACGTACGTAAAC\n>a2\nACGTTCGTACGTAAAC\n".write(toFile: train + "/a.fa", atomically: true, encoding: .utf8)
-        try ">b1\nGGGCCCGGGCCCTTTA\n>b2\nGGGCCCGGGACCTTTA\n".write(toFile: train + "/b.fa", atomically: true, encoding: .utf8)
+        try ">a1\nACGTACGTACGTAAAC\n>a2\nACGTTCGTACGTAAAC\n".write(toFile: train + "/a.fa", atomically: false, encoding: .utf8)
+        try ">b1\nGGGCCCGGGCCCTTTA\n>b2\nGGGCCCGGGACCTTTA\n".write(toFile: train + "/b.fa", atomically: false, encoding: .utf8)
         let model = tmp.file("m")
         let r = try CLI.run(["classify", "train", "--train", train, "--out", model, "--steps", "2"] + Self.tinyRun)
         try #require(r.status == 0, "\(r.stderr)")
@@ -326,13 +326,13 @@ import Testing
             } catch { Issue.record("\(error)", sourceLocation: sourceLocation) }
         }
         let lines = String(repeating: String(repeating: "ACGT", count: 15) + "\n", count: 20_000)  // 1.2 Mbases
-        try (">long\n" + lines + ">next\nACGT\n").write(toFile: tmp.file("many.fa"), atomically: true, encoding: .utf8)
+        try (">long\n" + lines + ">next\nACGT\n").write(toFile: tmp.file("many.fa"), atomically: false, encoding: .utf8)
         expectError(tmp.file("many.fa"), ["record 'long'", "longer than \(limit)"])
-        try (">one\n" + String(repeating: "A", count: 3 << 20)).write(toFile: tmp.file("one.fa"), atomically: true, encoding: .utf8)
+        try (">one\n" + String(repeating: "A", count: 3 << 20)).write(toFile: tmp.file("one.fa"), atomically: false, encoding: .utf8)
         expectError(tmp.file("one.fa"), ["line"])
         // 8 MB of one base compress to a few kB.
         try (">bomb\n" + String(repeating: String(repeating: "A", count: 60) + "\n", count: 140_000))
-            .write(toFile: tmp.file("bomb.fa"), atomically: true, encoding: .utf8)
+            .write(toFile: tmp.file("bomb.fa"), atomically: false, encoding: .utf8)
         let gz = Process()
         gz.executableURL = URL(fileURLWithPath: "/bin/gzip")
         gz.arguments = ["-9", tmp.file("bomb.fa")]
@@ -342,7 +342,7 @@ import Testing
         #expect(try FileInput.checkFile(tmp.file("bomb.fa.gz")) < 100_000)
         expectError(tmp.file("bomb.fa.gz"), ["record 'bomb'"])
         // Under the limit, the same reader reads them.
-        try (">ok\n" + String(repeating: "ACGT\n", count: 1000)).write(toFile: tmp.file("ok.fa"), atomically: true, encoding: .utf8)
+        try (">ok\n" + String(repeating: "ACGT\n", count: 1000)).write(toFile: tmp.file("ok.fa"), atomically: false, encoding: .utf8)
         try read(tmp.file("ok.fa"))
     }
 
@@ -429,18 +429,18 @@ import Testing
             train: { steps: 2, batch_size: 1, seq_len: 32 }
             generate: { max_new_tokens: 4 }
             """
-        try body.replacingOccurrences(of: "DATA", with: "samples/text/ruth.txt").write(toFile: pipeline, atomically: true, encoding: .utf8)
+        try body.replacingOccurrences(of: "DATA", with: "samples/text/ruth.txt").write(toFile: pipeline, atomically: false, encoding: .utf8)
         let runs = tmp.file("runs")
         let first = try CLI.run(["run", pipeline, "--runs-dir", runs, "--threads", "1"])
         try #require(first.status == 0, "\(first.stderr)")
         let summary = try Data(contentsOf: URL(fileURLWithPath: runs + "/tinyrun/summary.json"))
         // A new run whose data is missing fails before training: the old run is put back whole.
-        try body.replacingOccurrences(of: "DATA", with: "samples/text/missing.txt").write(toFile: pipeline, atomically: true, encoding: .utf8)
+        try body.replacingOccurrences(of: "DATA", with: "samples/text/missing.txt").write(toFile: pipeline, atomically: false, encoding: .utf8)
         try Self.expectRefused(["run", pipeline, "--runs-dir", runs, "--overwrite"], naming: ["missing.txt"])
         #expect(try Data(contentsOf: URL(fileURLWithPath: runs + "/tinyrun/summary.json")) == summary)
         #expect(try FileManager.default.contentsOfDirectory(atPath: runs) == ["tinyrun"])
         // One that starts replaces it.
-        try body.replacingOccurrences(of: "DATA", with: "samples/text/genesis.txt").write(toFile: pipeline, atomically: true, encoding: .utf8)
+        try body.replacingOccurrences(of: "DATA", with: "samples/text/genesis.txt").write(toFile: pipeline, atomically: false, encoding: .utf8)
         let second = try CLI.run(["run", pipeline, "--runs-dir", runs, "--overwrite", "--threads", "1"])
         #expect(second.status == 0, "\(second.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: runs) == ["tinyrun"])
@@ -482,8 +482,8 @@ extension HostileInputTests {
     @Test func failedRunLeavesNoEmptyOutputDirectory() throws {
         let tmp = TempDir()
         try FileManager.default.createDirectory(atPath: tmp.file("d"), withIntermediateDirectories: true)
-        try ">a\nACGT\n".write(toFile: tmp.file("d/x.fa"), atomically: true, encoding: .utf8)
-        try "not fasta\n".write(toFile: tmp.file("d/y.fa"), atomically: true, encoding: .utf8)
+        try ">a\nACGT\n".write(toFile: tmp.file("d/x.fa"), atomically: false, encoding: .utf8)
+        try "not fasta\n".write(toFile: tmp.file("d/y.fa"), atomically: false, encoding: .utf8)
         for args in [["classify", "train", "--train", tmp.file("d"), "--out", tmp.file("new")],
                      ["train", "--data", tmp.file("d/y.fa"), "--format", "fasta", "--out", tmp.file("new")]] {
             try Self.expectRefused(args + Self.tinyRun, naming: ["y.fa"])
@@ -519,8 +519,8 @@ extension HostileInputTests {
         let tmp = TempDir()
         let d = tmp.file("d")
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        try ">a1\nAAAATTTTAAAA\n>a2\nATATATATAT\n".write(toFile: d + "/at.fa", atomically: true, encoding: .utf8)
-        try ">g1\nGGGGCCCCGGGG\n>g2\nGCGCGCGCGC\n".write(toFile: d + "/gc.fa", atomically: true, encoding: .utf8)
+        try ">a1\nAAAATTTTAAAA\n>a2\nATATATATAT\n".write(toFile: d + "/at.fa", atomically: false, encoding: .utf8)
+        try ">g1\nGGGGCCCCGGGG\n>g2\nGCGCGCGCGC\n".write(toFile: d + "/gc.fa", atomically: false, encoding: .utf8)
         let model = tmp.file("clf")
         let t = try CLI.run(["classify", "train", "--train", d, "--val", d, "--out", model, "--steps", "2"] + Self.tinyRun)
         try #require(t.status == 0, "\(t.stderr)")
@@ -536,7 +536,7 @@ extension HostileInputTests {
         #expect(gz.status == 0, "\(gz.stderr)")
         #expect(String(decoding: gz.stdout, as: UTF8.self).split(separator: "\n").count == 21, "header and 20 records")
         // Bad FASTA on standard input is named as such.
-        try "hello\n".write(toFile: tmp.file("bad"), atomically: true, encoding: .utf8)
+        try "hello\n".write(toFile: tmp.file("bad"), atomically: false, encoding: .utf8)
         let bad = try piped(tmp.file("bad"), ["classify", "predict", "--model", model, "--input", "-"])
         #expect(bad.status != 0 && bad.stderr.contains("standard input, line 1"), "\(bad.stderr)")
         #expect(bad.stdout.isEmpty)
@@ -544,7 +544,7 @@ extension HostileInputTests {
         let lm = tmp.file("lm")
         let l = try CLI.run(["train"] + Self.data + ["--out", lm, "--steps", "1"] + Self.tinyRun)
         try #require(l.status == 0, "\(l.stderr)")
-        try "In the beginning".write(toFile: tmp.file("prompt"), atomically: true, encoding: .utf8)
+        try "In the beginning".write(toFile: tmp.file("prompt"), atomically: false, encoding: .utf8)
         let args = ["generate", "--model", lm, "--max-new-tokens", "8", "--temperature", "0"]
         let a = try CLI.run(args + ["--prompt-file", tmp.file("prompt")])
         let b = try piped(tmp.file("prompt"), args + ["--prompt-file", "-"])

@@ -91,7 +91,7 @@ import Testing
               - {name: hy, pattern: "M*-", head_dim: 16, d_state: 16, heads: 2, kv_heads: 1, attn_head_dim: 16, mlp_width: 64}
             train: {steps: 4, batch_size: 2, seq_len: 64, log_every: 2, eval_every: 4, checkpoint_every: 4}
             """
-        try yaml.write(toFile: tmp.file("arch.yaml"), atomically: true, encoding: .utf8)
+        try yaml.write(toFile: tmp.file("arch.yaml"), atomically: false, encoding: .utf8)
         let r = try CLI.run(["run", tmp.file("arch.yaml"), "--runs-dir", tmp.file("runs"), "--threads", "2"])
         #expect(r.status == 0, "\(r.stderr)")
         let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: tmp.file("runs/arch/summary.json")))) as! [String: Any]
@@ -108,7 +108,7 @@ import Testing
         // A variant with an unknown key, or two variants of one name, are refused before anything runs.
         for (bad, phrase) in [("- {name: m1, layerz: 2}", "layerz"), ("- {name: m1}\n  - {name: m1}", "appears twice")] {
             try yaml.replacingOccurrences(of: "- {name: m1, mixer: mamba1, layers: 1}", with: bad)
-                .write(toFile: tmp.file("bad.yaml"), atomically: true, encoding: .utf8)
+                .write(toFile: tmp.file("bad.yaml"), atomically: false, encoding: .utf8)
             let b = try CLI.run(["run", tmp.file("bad.yaml"), "--runs-dir", tmp.file("runs2")])
             #expect(b.status != 0 && b.stderr.contains(phrase) && b.stderr.contains("bad.yaml"), "\(b.stderr)")
         }
