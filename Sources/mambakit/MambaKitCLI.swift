@@ -32,13 +32,13 @@ struct CommonOptions: ParsableArguments {
     var threads: Int?
 
     /// Sets the thread count and, in a process started by mpirun, joins the MPI job: `distributed` commands
-    /// (train, classify train) then train data-parallel; the others refuse to run as several processes. Ranks
+    /// (train, classify train, run) then train data-parallel; the others refuse to run as several processes. Ranks
     /// other than 0 print nothing on stdout and no progress.
     func apply(distributed: Bool = false) throws {
         let group = try ProcessGroup.joinFromEnvironment()
         if group.size > 1 {
             guard distributed else {
-                throw MambaKitError(.usage, "this command runs in one process; start it without mpirun (train and classify train run across processes)")
+                throw MambaKitError(.usage, "this command runs in one process; start it without mpirun (train, classify train and run train across processes)")
             }
             if !group.isRoot {
                 quietRank = true
@@ -63,9 +63,8 @@ nonisolated(unsafe) var quietRank = false
 /// together) ends its MPI job normally, and any other error stops every rank (MPI_Abort), since the others would
 /// wait for it in their next collective.
 func runReportingErrors(_ body: () throws -> Void) throws {
-    let group = { ProcessGroup.world }
     func report(_ text: String, interrupted: Bool) -> ExitCode {
-        let g = group()
+        let g = ProcessGroup.world
         let rank = g.size > 1 ? " (rank \(g.rank) of \(g.size))" : ""
         if !interrupted || g.isRoot { FileHandle.standardError.write(Data("error: \(text)\(rank)\n".utf8)) }
         let code: Int32 = interrupted ? 130 : 1
@@ -75,7 +74,7 @@ func runReportingErrors(_ body: () throws -> Void) throws {
     }
     do {
         try body()
-        group().finalize()
+        ProcessGroup.world.finalize()
     } catch let e as MambaKitError {
         throw report(e.description, interrupted: e.kind == .interrupted)
     } catch let e as ExitCode {

@@ -335,11 +335,16 @@ public final class TokenStore {
         return true
     }
 
+    /// The 64-bit FNV-1a hash of a text's UTF-8 bytes.
+    static func fnv1a(_ text: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in text.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
+    }
+
     /// The file name of a store: the 64-bit FNV-1a hash of its identity, in hex.
     public static func key(_ identity: String) -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in identity.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        let hex = String(h, radix: 16)
+        let hex = String(fnv1a(identity), radix: 16)
         return String(repeating: "0", count: 16 - hex.count) + hex
     }
 

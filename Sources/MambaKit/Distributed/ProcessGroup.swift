@@ -26,10 +26,6 @@ public final class ProcessGroup: @unchecked Sendable {
     /// The MPI library's version line, for the run's log.
     public let libraryVersion: String
 
-    /// Bytes this rank has sent in collectives, and seconds spent waiting in them (benchmarks, the run's log).
-    public var bytesSent = 0
-    public var waitSeconds = 0.0
-
     init() {
         rank = 0; size = 1; localRank = 0; localSize = 1; usesMPI = false; libraryVersion = ""
     }
@@ -106,14 +102,11 @@ public final class ProcessGroup: @unchecked Sendable {
 
     /// Rank r's share of `count` items (batch rows, validation streams): ⌊r·count/size⌋ ..< ⌊(r+1)·count/size⌋.
     public func share(of count: Int, rank r: Int? = nil) -> Range<Int> {
-        let r = r ?? rank
-        return Self.part(r, of: size, count)
+        Self.share(of: count, rank: r ?? rank, size: size)
     }
 
-    /// Rank `rank`'s share of `count` items among `size` ranks.
-    public static func share(of count: Int, rank: Int, size: Int) -> Range<Int> { part(rank, of: size, count) }
-
-    static func part(_ r: Int, of n: Int, _ count: Int) -> Range<Int> {
+    /// Rank `r`'s share of `count` items among `n` ranks.
+    public static func share(of count: Int, rank r: Int, size n: Int) -> Range<Int> {
         // ⌊r·count/n⌋ without forming r·count: count = q·n + m, so it is q·r + ⌊m·r/n⌋ (m, r < n).
         let q = count / n, m = count % n
         return (q * r + m * r / n)..<(q * (r + 1) + m * (r + 1) / n)
@@ -132,14 +125,11 @@ public final class ProcessGroup: @unchecked Sendable {
     public func allgather(_ values: [Double]) throws -> [[Double]] {
         guard usesMPI, size > 1 else { return [values] }
         var out = [Double](repeating: 0, count: values.count * size)
-        let t0 = mk_mpi_wtime()
         try values.withUnsafeBufferPointer { s in
             try out.withUnsafeMutableBufferPointer { r in
                 try check(mk_mpi_allgather(s.baseAddress, Int32(values.count), r.baseAddress, Int32(MK_MPI_DOUBLE)), "MPI_Allgather")
             }
         }
-        waitSeconds += mk_mpi_wtime() - t0
-        bytesSent += values.count * 8 * (size - 1)
         return (0..<size).map { Array(out[$0 * values.count..<($0 + 1) * values.count]) }
     }
 
@@ -166,12 +156,9 @@ public final class ProcessGroup: @unchecked Sendable {
         let mine = Int(displs[rank])
         for i in values.indices { buffer[mine + i] = values[i] }
         let c32 = counts.map { Int32($0) }
-        let t0 = mk_mpi_wtime()
         try buffer.withUnsafeMutableBufferPointer { b in
             try check(mk_mpi_allgatherv_inplace(b.baseAddress, c32, displs, Int32(MK_MPI_FLOAT)), "MPI_Allgatherv")
         }
-        waitSeconds += mk_mpi_wtime() - t0
-        bytesSent += values.count * 4 * (size - 1)
         return Array(buffer[0..<total])
     }
 
@@ -215,19 +202,13 @@ public final class ProcessGroup: @unchecked Sendable {
             return
         }
         let (counts, displs) = try Self.counts(ranges)
-        let t0 = mk_mpi_wtime()
         try check(mk_mpi_gatherv(local, counts[rank], into, counts, displs, Int32(MK_MPI_FLOAT), Int32(root)), "MPI_Gatherv")
-        waitSeconds += mk_mpi_wtime() - t0
-        if rank != root { bytesSent += ranges[rank].count * 4 }
     }
 
     /// In place over `buffer`: rank r's floats at `ranges[r]` copied to every rank.
     func allgather(_ buffer: UnsafeMutablePointer<Float>, ranges: [Range<Int>]) throws {
         guard usesMPI, size > 1 else { return }
         let (counts, displs) = try Self.counts(ranges)
-        let t0 = mk_mpi_wtime()
         try check(mk_mpi_allgatherv_inplace(buffer, counts, displs, Int32(MK_MPI_FLOAT)), "MPI_Allgatherv")
-        waitSeconds += mk_mpi_wtime() - t0
-        bytesSent += ranges[rank].count * 4 * (size - 1)
     }
 }

@@ -83,7 +83,7 @@ public final class ShardedGradients {
         self.group = group
         self.overlap = overlap
         total = layout.total
-        slices = (0..<group.size).map { ProcessGroup.part($0, of: group.size, layout.total) }
+        slices = (0..<group.size).map { ProcessGroup.share(of: layout.total, rank: $0, size: group.size) }
         // Runs of views of one layer ("backbone.layers.<l>.") or of the rest, in arena order; a run covers the
         // alignment gap after its last view.
         func layer(of name: String) -> Int? {
@@ -131,7 +131,7 @@ public final class ShardedGradients {
 
     /// Whether the arena is too large for MPI's 32-bit counts in the parameter all-gather.
     public static func check(layout: ArenaLayout, group: ProcessGroup) throws {
-        let largest = (0..<group.size).map { ProcessGroup.part($0, of: group.size, layout.total).upperBound }.max() ?? 0
+        let largest = (0..<group.size).map { ProcessGroup.share(of: layout.total, rank: $0, size: group.size).upperBound }.max() ?? 0
         guard largest <= Int(Int32.max) else {
             throw MambaKitError(.distributed, "the model's \(layout.total) parameter floats exceed what one MPI collective addresses (\(Int32.max))")
         }
@@ -180,8 +180,6 @@ public final class ShardedGradients {
         let t2 = mk_mpi_wtime()
         exchangeSeconds += t2 - t0
         finalWaitSeconds += t2 - t1
-        group.waitSeconds += t2 - t0
-        group.bytesSent += bytesPerStep - own.count * 4 * (group.size - 1)
         if let failure { self.failure = nil; throw failure }
         let n = group.size
         for b in buckets {

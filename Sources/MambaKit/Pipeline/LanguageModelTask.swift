@@ -555,10 +555,9 @@ public enum LanguageModelTask {
                              audio: audio, cacheDirectory: cacheDirectory, progress: tokenizing,
                              note: { events(.note($0)) })
         }
-        var built: (TokenCorpus, [String])? = group.localRank == 0 ? try corpusOfStore() : nil
+        let first = group.localRank == 0 ? try corpusOfStore() : nil
         try group.barrier()
-        if built == nil { built = try corpusOfStore() }
-        let (corpus, fp) = built!
+        let (corpus, fp) = try first ?? corpusOfStore()
         let model: MambaModel
         if resume {
             model = try MambaModel(config: config)

@@ -580,19 +580,11 @@ public final class Trainer {
     /// N different models that only share gradients). Compares a CRC-32 of the parameters and a hash of the rest.
     func checkRanksAgree() throws {
         guard group.size > 1 else { return }
-        var crc: UInt = 0
-        let bytes = UnsafeRawPointer(model.params.base).assumingMemoryBound(to: UInt8.self)
-        var at = 0
-        let count = model.params.layout.total * MemoryLayout<Float>.stride
-        while at < count {
-            let n = min(count - at, 1 << 30)
-            crc = crc32(crc, bytes + at, UInt32(n))
-            at += n
-        }
+        let crc = crc32_z(0, UnsafeRawPointer(model.params.base).assumingMemoryBound(to: Bytef.self),
+                          model.params.layout.total * MemoryLayout<Float>.stride)
         let settings = (try? JSONSerialization.data(withJSONObject: options.json, options: [.sortedKeys]))
             .map { String(decoding: $0, as: UTF8.self) } ?? ""
-        let text = "\(step) \(optimizer.step) \(rng.words) \(dataFingerprint) \(settings)"
-        let key = UInt64(TokenStore.key(text), radix: 16) ?? 0
+        let key = TokenStore.fnv1a("\(step) \(optimizer.step) \(rng.words) \(dataFingerprint) \(settings)")
         let mine = [Double(crc), Double(key >> 32), Double(key & 0xffff_ffff)]
         let all = try group.allgather(mine)
         for (r, v) in all.enumerated() where v != all[0] {
